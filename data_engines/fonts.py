@@ -1,0 +1,44 @@
+"""Fonts from Debian packages, found by file path so rendering never depends on fontconfig state."""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+from PIL import ImageFont
+
+# family -> (Debian package, candidate files). Index 0 of a .ttc is the Simplified-Chinese face for Noto CJK.
+FONTS: dict[str, tuple[str, list[str]]] = {
+    "sans": ("fonts-dejavu-core", ["truetype/dejavu/DejaVuSans.ttf"]),
+    "sans-bold": ("fonts-dejavu-core", ["truetype/dejavu/DejaVuSans-Bold.ttf"]),
+    "serif": ("fonts-dejavu-core", ["truetype/dejavu/DejaVuSerif.ttf"]),
+    "serif-bold": ("fonts-dejavu-core", ["truetype/dejavu/DejaVuSerif-Bold.ttf"]),
+    "mono": ("fonts-dejavu-core", ["truetype/dejavu/DejaVuSansMono.ttf"]),
+    "liberation-sans": ("fonts-liberation", ["truetype/liberation/LiberationSans-Regular.ttf"]),
+    "liberation-serif": ("fonts-liberation", ["truetype/liberation/LiberationSerif-Regular.ttf"]),
+    "liberation-mono": ("fonts-liberation", ["truetype/liberation/LiberationMono-Regular.ttf"]),
+    "cjk-sans": ("fonts-noto-cjk", ["opentype/noto/NotoSansCJK-Regular.ttc"]),
+    "cjk-serif": ("fonts-noto-cjk", ["opentype/noto/NotoSerifCJK-Regular.ttc"]),
+}
+LATIN_FAMILIES = ["sans", "serif", "mono", "liberation-sans", "liberation-serif"]
+CJK_FAMILIES = ["cjk-sans", "cjk-serif"]
+FONT_ROOTS = [Path("/usr/share/fonts"), Path("/usr/local/share/fonts")]
+
+
+@functools.lru_cache(maxsize=None)
+def font_path(family: str) -> str:
+    """Path of a font file; a missing font names the Debian package that provides it."""
+    if family not in FONTS:
+        raise ValueError(f"unknown font family {family!r}; choose from {', '.join(FONTS)}")
+    package, candidates = FONTS[family]
+    for root in FONT_ROOTS:
+        for rel in candidates:
+            if (root / rel).is_file():
+                return str(root / rel)
+    raise FileNotFoundError(f"font {family!r} not found under {FONT_ROOTS[0]}: install the Debian package {package} "
+                            f"(apt-get install {package})")
+
+
+@functools.lru_cache(maxsize=256)
+def load_font(family: str, size: int) -> ImageFont.FreeTypeFont:
+    """PIL font at `size` px (cached: loading a CJK .ttc costs ~20 ms)."""
+    return ImageFont.truetype(font_path(family), size=size, index=0)

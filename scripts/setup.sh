@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs everything the project needs on a fresh Debian machine (idempotent; fast when already done).
+# torch==2.13.0 first (local CPU wheel), then the project pinned by constraints.txt so no CUDA wheels come in.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DEB_PKGS="tesseract-ocr tesseract-ocr-eng tesseract-ocr-chi-sim fonts-dejavu-core fonts-noto-cjk fonts-liberation chromium"
+missing=""
+for p in $DEB_PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
+if [ -n "$missing" ]; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "[setup] apt-get install:$missing"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
+  else
+    echo "[setup] missing Debian packages (run as root or install them):$missing" >&2
+  fi
+fi
+
+PY=${PYTHON:-python3}
+if ! $PY -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('2.13.0') else 1)" 2>/dev/null; then
+  $PY -m pip install -q torch==2.13.0
+fi
+if ! $PY -c "import got, deepspeed, transformers, rapidocr_onnxruntime, pytest_timeout" 2>/dev/null \
+   || [ pyproject.toml -nt .setup-stamp ]; then
+  $PY -m pip install -q -c constraints.txt -e ".[dev,peers]"
+  touch .setup-stamp
+fi
+echo "[setup] ok: $($PY -c 'import torch, transformers, deepspeed; print("torch", torch.__version__, "transformers", transformers.__version__, "deepspeed", deepspeed.__version__)' 2>/dev/null | tail -1)"

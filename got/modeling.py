@@ -1,0 +1,116 @@
+"""GOTModel: vision tower -> projector -> decoder (a transformers causal LM, never re-implemented here).
+
+Image features replace the `<imgpad>` embeddings in `input_ids`, row-major over the batch: all tiles of
+sample 0, then sample 1, ... (see docs/design.md, "Image batching convention").
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from got.config import GOTConfig
+from got.vision_tower import VisionTower
+
+
+class GOTModel(nn.Module):
+    def __init__(self, config: GOTConfig):
+        super().__init__()
+        self.config = config
+        self.vision_tower = VisionTower(config.vision)
+        decoder = AutoModelForCausalLM.from_config(config.hf_decoder_config(), attn_implementation="sdpa")
+        # Image features enter where token embeddings do: OPT's word_embed_proj_dim, Qwen2's hidden size.
+        self.projector = nn.Linear(config.vision.out_channels, decoder.get_input_embeddings().embedding_dim)
+        self.decoder = decoder
+
+    # ---- properties -------------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.projector.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.projector.weight.dtype
+
+    def num_parameters(self, part: str | None = None) -> int:
+        """Unique parameters (tied embeddings counted once), of the whole model or of one part."""
+        module = self if part is None else getattr(self, part)
+        return sum(p.numel() for p in module.parameters())
+
+    def gradient_checkpointing_enable(self) -> None:
+        self.vision_tower.gradient_checkpointing = True
+        self.decoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    # ---- image path ----------------------------------------------------------------------------------------
+    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(N_tiles, 3, S, S) -> (N_tiles, T, H) in the decoder's input embedding space."""
+        return self.projector(self.vision_tower(pixel_values.to(self.dtype)))
+
+    def merge_image_features(
+        self, input_ids: torch.Tensor, inputs_embeds: torch.Tensor, image_features: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Put the image feature rows, in order, where `<imgpad>` tokens are; the counts must match exactly."""
+        mask = input_ids == self.config.img_pad_id
+        n_pad = int(mask.sum())
+        n_feat = 0 if image_features is None else image_features.shape[0] * image_features.shape[1]
+        if n_pad != n_feat:
+            tiles = "no images" if image_features is None else (
+                f"{image_features.shape[0]} tiles x {image_features.shape[1]} tokens")
+            raise ValueError(
+                f"input_ids hold {n_pad} <imgpad> tokens but the images give {n_feat} feature rows ({tiles}); "
+                f"each tile needs exactly {self.config.image_token_len} <imgpad> tokens")
+        if n_pad == 0:
+            return inputs_embeds
+        feats = image_features.reshape(-1, inputs_embeds.shape[-1]).to(inputs_embeds.dtype)
+        return inputs_embeds.masked_scatter(mask.unsqueeze(-1), feats)
+
+    def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None) -> torch.Tensor:
+        """Token embeddings with the image features merged in."""
+        inputs_embeds = self.decoder.get_input_embeddings()(input_ids)
+        features = None if pixel_values is None else self.encode_images(pixel_values)
+        return self.merge_image_features(input_ids, inputs_embeds, features)
+
+    # ---- decoder ---------------------------------------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        """Logits (and the shifted next-token loss when labels are given; -100 is ignored)."""
+        inputs_embeds = self.embed(input_ids, pixel_values)
+        if position_ids is None and attention_mask is not None:
+            # Left padding: positions count real tokens only, the same rule generate() uses.
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_(min=0)
+        return self.decoder(inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels,
+                            position_ids=position_ids, **kwargs)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        **gen_kwargs,
+    ) -> torch.Tensor:
+        """NEW tokens only, (B, n_new). Greedy by default; stops at <|im_end|> (or <|endoftext|>).
+
+        The prompt ids go along with the embeddings so that repetition controls such as
+        `no_repeat_ngram_size` (the original uses 20) see the whole context, as in the original GOT.
+        """
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        inputs_embeds = self.embed(input_ids, pixel_values)
+        gen_kwargs.setdefault("max_new_tokens", 4096)
+        gen_kwargs.setdefault("do_sample", False)
+        gen_kwargs.setdefault("eos_token_id", [self.config.im_end_id, self.config.endoftext_id])
+        gen_kwargs.setdefault("pad_token_id", self.config.endoftext_id)
+        out = self.decoder.generate(input_ids=input_ids, inputs_embeds=inputs_embeds,
+                                    attention_mask=attention_mask, **gen_kwargs)
+        if not isinstance(out, torch.Tensor):  # return_dict_in_generate=True
+            out = out.sequences
+        return out[:, input_ids.shape[1]:]

@@ -1,0 +1,191 @@
+"""The GOT vision tower: SAM's ViTDet-B image encoder plus GOT's two stride-2 convs (net_2, net_3).
+
+Parameter names follow the original GOT checkpoint (`model.vision_tower_high.*` minus the prefix), so released
+weights load unchanged. Attention runs through `F.scaled_dot_product_attention`; SAM's decomposed relative
+position term (MViTv2) goes in as the additive float mask. transformers' got_ocr2 computes the same thing with
+an eager softmax, which is several times slower on CPU.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import torch.utils.checkpoint
+from torch import nn
+
+from got.config import VisionConfig
+
+# Global-attention masks are (heads, N, N); at 1024 px that is 12 x 4096^2. SDPA is called on chunks of
+# (tile, head) pairs so that one chunk's mask stays under this many bytes.
+MASK_CHUNK_BYTES = 256 * 2**20
+
+
+class LayerNorm2d(nn.Module):
+    """LayerNorm over the channel dim of an NCHW map (SAM's neck)."""
+
+    def __init__(self, channels: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.layer_norm(x.permute(0, 2, 3, 1), x.shape[1:2], self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, patch_size: int, embed_dim: int):
+        super().__init__()
+        self.proj = nn.Conv2d(3, embed_dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).permute(0, 2, 3, 1)  # (B, H, W, C)
+
+
+class MLPBlock(nn.Module):
+    def __init__(self, dim: int, mlp_dim: int):
+        super().__init__()
+        self.lin1 = nn.Linear(dim, mlp_dim)
+        self.lin2 = nn.Linear(mlp_dim, dim)
+        self.act = nn.GELU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin2(self.act(self.lin1(x)))
+
+
+def get_rel_pos(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor:
+    """Relative position table rows for every (query, key) offset: (q_size, k_size, head_dim).
+
+    The table is linearly resized when it was trained for another size (as in SAM).
+    """
+    max_rel_dist = 2 * max(q_size, k_size) - 1
+    if rel_pos.shape[0] != max_rel_dist:
+        rel_pos = F.interpolate(rel_pos.T[None].float(), size=max_rel_dist, mode="linear")[0].T.to(rel_pos.dtype)
+    q_coords = torch.arange(q_size, device=rel_pos.device)[:, None] * max(k_size / q_size, 1.0)
+    k_coords = torch.arange(k_size, device=rel_pos.device)[None, :] * max(q_size / k_size, 1.0)
+    relative = (q_coords - k_coords) + (k_size - 1) * max(q_size / k_size, 1.0)
+    return rel_pos[relative.long()]
+
+
+class Attention(nn.Module):
+    """Multi-head attention with SAM's decomposed relative position bias, via SDPA."""
+
+    def __init__(self, dim: int, num_heads: int, input_size: int, qkv_bias: bool = True):
+        super().__init__()
+        self.num_heads = num_heads
+        head_dim = dim // num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.rel_pos_h = nn.Parameter(torch.zeros(2 * input_size - 1, head_dim))
+        self.rel_pos_w = nn.Parameter(torch.zeros(2 * input_size - 1, head_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, H, W, C = x.shape
+        N, nh = H * W, self.num_heads
+        q, k, v = self.qkv(x).reshape(B, N, 3, nh, C // nh).permute(2, 0, 3, 1, 4).reshape(3, B * nh, N, -1).unbind(0)
+        Rh = get_rel_pos(H, H, self.rel_pos_h).to(q.dtype)  # (H, H, hd)
+        Rw = get_rel_pos(W, W, self.rel_pos_w).to(q.dtype)  # (W, W, hd)
+        chunk = max(1, MASK_CHUNK_BYTES // (N * N * q.element_size()))
+        out = []
+        for s in range(0, B * nh, chunk):
+            qc, kc, vc = q[s : s + chunk], k[s : s + chunk], v[s : s + chunk]
+            r_q = qc.reshape(-1, H, W, qc.shape[-1])
+            # bias[(h,w),(kh,kw)] = q.Rh[h,kh] + q.Rw[w,kw]; both terms are small matmuls, then one broadcast add.
+            rel_h = torch.einsum("bhwc,hkc->bhwk", r_q, Rh)
+            rel_w = torch.einsum("bhwc,wkc->bhwk", r_q, Rw)
+            mask = (rel_h[:, :, :, :, None] + rel_w[:, :, :, None, :]).reshape(1, -1, N, N)
+            out.append(F.scaled_dot_product_attention(qc[None], kc[None], vc[None], attn_mask=mask)[0])
+        o = torch.cat(out) if len(out) > 1 else out[0]
+        o = o.reshape(B, nh, H, W, -1).permute(0, 2, 3, 1, 4).reshape(B, H, W, C)
+        return self.proj(o)
+
+
+def window_partition(x: torch.Tensor, ws: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """(B, H, W, C) -> (B * nWin, ws, ws, C), zero-padding H and W up to multiples of ws (as SAM does)."""
+    B, H, W, C = x.shape
+    pad_h, pad_w = (ws - H % ws) % ws, (ws - W % ws) % ws
+    if pad_h or pad_w:
+        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+    Hp, Wp = H + pad_h, W + pad_w
+    x = x.view(B, Hp // ws, ws, Wp // ws, ws, C).permute(0, 1, 3, 2, 4, 5).reshape(-1, ws, ws, C)
+    return x, (Hp, Wp)
+
+
+def window_unpartition(windows: torch.Tensor, ws: int, pad_hw: tuple[int, int], hw: tuple[int, int]) -> torch.Tensor:
+    Hp, Wp = pad_hw
+    H, W = hw
+    B = windows.shape[0] // (Hp * Wp // ws // ws)
+    x = windows.view(B, Hp // ws, Wp // ws, ws, ws, -1).permute(0, 1, 3, 2, 4, 5).reshape(B, Hp, Wp, -1)
+    return x[:, :H, :W, :].contiguous() if (Hp, Wp) != (H, W) else x
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block; window attention when window_size > 0, else global."""
+
+    def __init__(self, cfg: VisionConfig, window_size: int):
+        super().__init__()
+        self.window_size = window_size
+        self.norm1 = nn.LayerNorm(cfg.embed_dim, eps=cfg.layer_norm_eps)
+        self.attn = Attention(cfg.embed_dim, cfg.num_heads, window_size or cfg.grid_size, cfg.qkv_bias)
+        self.norm2 = nn.LayerNorm(cfg.embed_dim, eps=cfg.layer_norm_eps)
+        self.mlp = MLPBlock(cfg.embed_dim, cfg.mlp_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x
+        x = self.norm1(x)
+        if self.window_size > 0:
+            H, W = x.shape[1], x.shape[2]
+            x, pad_hw = window_partition(x, self.window_size)
+            x = window_unpartition(self.attn(x), self.window_size, pad_hw, (H, W))
+        else:
+            x = self.attn(x)
+        x = shortcut + x
+        return x + self.mlp(self.norm2(x))
+
+
+class VisionTower(nn.Module):
+    """pixels (N, 3, S, S) -> features (N, (S/64)^2, out_channels); 1024 px -> (N, 256, 1024)."""
+
+    def __init__(self, cfg: VisionConfig):
+        super().__init__()
+        self.config = cfg
+        self.gradient_checkpointing = False  # the trainer switches this on; recomputes each block in backward
+        self.patch_embed = PatchEmbed(cfg.patch_size, cfg.embed_dim)
+        self.pos_embed = nn.Parameter(torch.zeros(1, cfg.grid_size, cfg.grid_size, cfg.embed_dim))
+        self.blocks = nn.ModuleList(
+            Block(cfg, 0 if i in cfg.global_attn_indexes else cfg.window_size) for i in range(cfg.depth)
+        )
+        n, c = cfg.neck_channels, cfg.embed_dim
+        self.neck = nn.Sequential(
+            nn.Conv2d(c, n, kernel_size=1, bias=False),
+            LayerNorm2d(n),
+            nn.Conv2d(n, n, kernel_size=3, padding=1, bias=False),
+            LayerNorm2d(n),
+        )
+        self.net_2 = nn.Conv2d(n, cfg.net2_channels, kernel_size=3, stride=2, padding=1, bias=False)
+        self.net_3 = nn.Conv2d(cfg.net2_channels, cfg.out_channels, kernel_size=3, stride=2, padding=1, bias=False)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        if pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
+            raise ValueError(f"pixel_values must be (N, 3, S, S), got {tuple(pixel_values.shape)}")
+        p = self.config.patch_size
+        if pixel_values.shape[2] % p or pixel_values.shape[3] % p:
+            raise ValueError(f"image size {tuple(pixel_values.shape[2:])} is not a multiple of the patch size {p}")
+        x = self.patch_embed(pixel_values.to(self.pos_embed.dtype))
+        x = x + self._pos_embed(x.shape[1], x.shape[2])
+        for blk in self.blocks:
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                x = torch.utils.checkpoint.checkpoint(blk, x, use_reentrant=False)
+            else:
+                x = blk(x)
+        x = self.neck(x.permute(0, 3, 1, 2))
+        x = self.net_3(self.net_2(x))
+        return x.flatten(2).transpose(1, 2)
+
+    def _pos_embed(self, h: int, w: int) -> torch.Tensor:
+        """The absolute position embedding, bicubically resized when the patch grid differs from the stored one."""
+        pos = self.pos_embed
+        if pos.shape[1:3] == (h, w):
+            return pos
+        pos = F.interpolate(pos.permute(0, 3, 1, 2).float(), size=(h, w), mode="bicubic", align_corners=False)
+        return pos.permute(0, 2, 3, 1).to(self.pos_embed.dtype)

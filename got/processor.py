@@ -1,0 +1,285 @@
+"""Images in, pixel tensors out: loading (files, bytes, numpy, PDF pages), guards, GOT's resize + CLIP
+normalisation, multi-crop tiling and multi-page stacking.
+
+What the released model expects (REFERENCE §2): every tile / page resized to S x S (1024 for the base
+model) bicubic, aspect ratio NOT kept, /255, CLIP mean/std. Multi-crop is InternVL-style dynamic tiling
+(GOT's code: at most 6 tiles) with a whole-image thumbnail LAST; the grid choice is identical to
+transformers' `GotOcr2ImageProcessor`, which the tests check on a sweep of image sizes.
+
+Every bad input becomes ONE ValueError / FileNotFoundError naming the file and the problem.
+"""
+from __future__ import annotations
+
+import io
+import os
+import struct
+import warnings
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterable, Sequence, Union
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+# Decompression-bomb guard, checked from the header before any pixel is decoded. PIL's own error level
+# (2x its warning level); a 300 dpi A0 scan (~140 Mpx) still passes.
+MAX_PIXELS = 178_956_970
+
+ImageSource = Union[str, os.PathLike, bytes, bytearray, io.IOBase, Image.Image, np.ndarray]
+
+
+# ---- loading -----------------------------------------------------------------------------------------------------
+def _name(src: Any) -> str:
+    if isinstance(src, (str, os.PathLike)):
+        return str(src)
+    if isinstance(src, (bytes, bytearray)):
+        return f"<{len(src)} bytes>"
+    return getattr(src, "name", None) or f"<{type(src).__name__}>"
+
+
+def _is_pdf(src: Any) -> bool:
+    if isinstance(src, (str, os.PathLike)):
+        if str(src).lower().endswith(".pdf"):
+            return True
+        try:
+            with open(src, "rb") as f:
+                return f.read(5) == b"%PDF-"
+        except OSError:
+            return False
+    return isinstance(src, (bytes, bytearray)) and bytes(src[:5]) == b"%PDF-"
+
+
+def _check_pixels(w: int, h: int, name: str) -> None:
+    if w * h > MAX_PIXELS:
+        raise ValueError(f"{name}: image is {w}x{h} = {w * h / 1e6:.0f} Mpx, over the {MAX_PIXELS / 1e6:.0f} Mpx limit "
+                         "(decompression-bomb guard; raise got.processor.MAX_PIXELS if the file is trusted)")
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Any PIL mode -> RGB. Transparency is composited on WHITE (paper), not black; 16-bit and float
+    grayscale are scaled to 8 bits instead of being clipped to white."""
+    if im.mode == "RGB":
+        return im
+    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        a = np.asarray(im, dtype=np.float64)
+        if im.mode.startswith("I;16") or (im.mode == "I" and a.max(initial=0) > 255):
+            a = a / 257.0
+        elif im.mode == "F" and a.max(initial=0) <= 1.0:
+            a = a * 255.0
+        return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L").convert("RGB")
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (im.mode == "P" and "transparency" in im.info) \
+            or (im.mode in ("L", "RGB") and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return im.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV
+
+
+def _from_numpy(a: np.ndarray) -> Image.Image:
+    """HWC (or HW) array -> PIL. uint8 as is; uint16 scaled by 1/257; floats taken as 0..1 (or 0..255 if larger)."""
+    if a.ndim == 3 and a.shape[0] in (1, 3, 4) and a.shape[-1] not in (1, 3, 4):
+        raise ValueError(f"numpy image of shape {a.shape} looks channel-first; pass HWC (height, width, channels)")
+    if a.ndim == 3 and a.shape[-1] == 1:
+        a = a[..., 0]
+    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[-1] not in (3, 4)) or 0 in a.shape:
+        raise ValueError(f"numpy image must be HxW, HxWx1, HxWx3 or HxWx4, got shape {a.shape}")
+    if a.dtype == np.uint16:
+        a = np.rint(a / 257.0).astype(np.uint8)
+    elif a.dtype.kind == "f":
+        if not np.isfinite(a).all():
+            raise ValueError("numpy image contains NaN or inf")
+        a = np.clip(np.rint(a * 255.0 if a.max(initial=0) <= 1.0 else a), 0, 255).astype(np.uint8)
+    elif a.dtype == np.bool_:
+        a = a.astype(np.uint8) * 255
+    elif a.dtype != np.uint8:
+        if a.min(initial=0) < 0 or a.max(initial=0) > 255:
+            raise ValueError(f"numpy image of dtype {a.dtype} has values outside 0..255")
+        a = a.astype(np.uint8)
+    _check_pixels(a.shape[1], a.shape[0], "numpy image")
+    mode = "L" if a.ndim == 2 else "RGB" if a.shape[-1] == 3 else "RGBA"
+    return Image.fromarray(np.ascontiguousarray(a), mode)
+
+
+def load_image(src: ImageSource) -> Image.Image:
+    """Anything PIL opens (path, bytes, file object, PIL image, numpy HWC array; a one-page PDF too) ->
+    an RGB image, EXIF orientation applied. Corrupt, empty, truncated or huge files raise ValueError
+    naming the file."""
+    if isinstance(src, Image.Image):
+        _check_pixels(*src.size, "PIL image")
+        return to_rgb(ImageOps.exif_transpose(src))
+    if isinstance(src, np.ndarray):
+        return to_rgb(_from_numpy(src))
+    if isinstance(src, torch.Tensor):
+        raise ValueError("pass images as PIL, numpy HWC or a file, not a torch tensor (it would already be normalised)")
+    name = _name(src)
+    if isinstance(src, (str, os.PathLike)):
+        path = Path(src)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: image file not found")
+        if path.stat().st_size == 0:
+            raise ValueError(f"{path}: empty file (0 bytes)")
+    elif isinstance(src, (bytes, bytearray)):
+        if not src:
+            raise ValueError("empty image bytes (0 bytes)")
+    if _is_pdf(src):
+        pages = load_pdf(src)
+        if len(pages) != 1:
+            raise ValueError(f"{name}: PDF with {len(pages)} pages; use load_pdf(...) / pages=... for multi-page input")
+        return pages[0]
+    fp = io.BytesIO(bytes(src)) if isinstance(src, (bytes, bytearray)) else src
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own guard below is the rule
+            with Image.open(fp) as im:
+                _check_pixels(*im.size, name)
+                im.load()
+                return to_rgb(ImageOps.exif_transpose(im))
+    except Image.DecompressionBombError as e:
+        raise ValueError(f"{name}: {e}") from None
+    except UnidentifiedImageError:
+        raise ValueError(f"{name}: not an image PIL can read (unknown or corrupt format)") from None
+    except (OSError, SyntaxError, struct.error) as e:  # PIL's decoders raise all three on bad data
+        raise ValueError(f"{name}: truncated or corrupt image ({e})") from None
+
+
+def _page_numbers(pages: Any, count: int, name: str) -> list[int]:
+    """1-based page selection: None (all), 3, [1, 3], range(1, 4) or "1-3,5" -> 0-based indices."""
+    if pages is None:
+        return list(range(count))
+    if isinstance(pages, str):
+        out: list[int] = []
+        for part in pages.replace(" ", "").split(","):
+            try:
+                a, _, b = part.partition("-")
+                out += list(range(int(a), int(b or a) + 1))
+            except ValueError:
+                raise ValueError(f"{name}: bad page range {pages!r}; use e.g. '1-3,5' (1-based)") from None
+        pages = out
+    elif isinstance(pages, int):
+        pages = [pages]
+    pages = list(pages)
+    bad = [p for p in pages if not isinstance(p, (int, np.integer)) or not 1 <= p <= count]
+    if bad or not pages:
+        raise ValueError(f"{name}: page(s) {bad or pages} out of range; the PDF has {count} page(s), numbered from 1")
+    return [int(p) - 1 for p in pages]
+
+
+def load_pdf(src: str | os.PathLike | bytes, dpi: int = 144, pages: Any = None) -> list[Image.Image]:
+    """Render PDF pages to RGB images with pymupdf. pages are 1-based: None (all), an int, a list or "1-3,5"."""
+    import pymupdf
+
+    name = _name(src)
+    if isinstance(src, (str, os.PathLike)) and not Path(src).is_file():
+        raise FileNotFoundError(f"{src}: PDF file not found")
+    if not 18 <= dpi <= 1200:
+        raise ValueError(f"dpi must be between 18 and 1200, got {dpi}")
+    try:
+        doc = pymupdf.open(stream=bytes(src), filetype="pdf") if isinstance(src, (bytes, bytearray)) else pymupdf.open(src, filetype="pdf")
+    except Exception as e:  # pymupdf raises its own FileDataError / RuntimeError types
+        raise ValueError(f"{name}: not a readable PDF ({e})") from None
+    with doc:
+        if doc.needs_pass:
+            raise ValueError(f"{name}: PDF is encrypted (password protected); decrypt it first")
+        if doc.page_count == 0:
+            raise ValueError(f"{name}: PDF has no pages")
+        out = []
+        for i in _page_numbers(pages, doc.page_count, name):
+            page = doc[i]
+            w, h = (round(page.rect.width * dpi / 72), round(page.rect.height * dpi / 72))
+            _check_pixels(w, h, f"{name} page {i + 1}")
+            pix = page.get_pixmap(dpi=dpi, alpha=False, colorspace=pymupdf.csRGB)
+            out.append(Image.frombytes("RGB", (pix.width, pix.height), pix.samples))
+    return out
+
+
+def load_images(src: ImageSource | Sequence[ImageSource], dpi: int = 144, pages: Any = None) -> list[Image.Image]:
+    """One image, a list of images (pages) or a PDF -> list of RGB images."""
+    if isinstance(src, (list, tuple)):
+        if not src:
+            raise ValueError("empty list of images")
+        if pages is not None:
+            raise ValueError("pages= selects pages of ONE PDF, not of a list of images")
+        return [im for s in src for im in load_images(s, dpi=dpi)]
+    if _is_pdf(src):
+        return load_pdf(src, dpi=dpi, pages=pages)
+    if pages is not None:
+        raise ValueError(f"{_name(src)}: pages= only applies to PDFs")
+    return [load_image(src)]
+
+
+# ---- tiling ------------------------------------------------------------------------------------------------------
+@lru_cache(maxsize=32)
+def candidate_grids(min_tiles: int, max_tiles: int) -> tuple[tuple[int, int], ...]:
+    """(cols, rows) with min <= cols*rows <= max, sorted by tile count (stable, cols-major: transformers' order)."""
+    grids = [(c, r) for c in range(1, max_tiles + 1) for r in range(1, max_tiles + 1) if min_tiles <= c * r <= max_tiles]
+    return tuple(sorted(grids, key=lambda g: g[0] * g[1]))
+
+
+def choose_grid(width: int, height: int, tile_size: int, min_tiles: int = 1, max_tiles: int = 6) -> tuple[int, int]:
+    """InternVL / GOT dynamic tiling: the grid whose cols/rows is closest to width/height; on a tie the
+    later (bigger) grid wins if the image area exceeds half the grid's pixel area."""
+    if not 1 <= min_tiles <= max_tiles:
+        raise ValueError(f"need 1 <= min_tiles <= max_tiles, got min_tiles={min_tiles}, max_tiles={max_tiles}")
+    aspect, area = width / height, width * height
+    best, best_diff = (1, 1), float("inf")
+    for c, r in candidate_grids(min_tiles, max_tiles):
+        diff = abs(aspect - c / r)
+        if diff < best_diff:
+            best, best_diff = (c, r), diff
+        elif diff == best_diff and area > 0.5 * tile_size * tile_size * c * r:
+            best = (c, r)
+    return best
+
+
+class ImageProcessor:
+    """GOT's image pipeline for one model size: `image_size` is the tile side S (1024 base, smaller presets less)."""
+
+    def __init__(self, image_size: int = 1024, mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD):
+        self.image_size = int(image_size)
+        self.mean = np.asarray(mean, dtype=np.float32).reshape(1, 1, 3)
+        self.std = np.asarray(std, dtype=np.float32).reshape(1, 1, 3)
+
+    def preprocess(self, image: ImageSource) -> torch.Tensor:
+        """One image -> (3, S, S) float32: bicubic resize to S x S (aspect not kept), /255, CLIP mean/std."""
+        im = load_image(image)
+        s = self.image_size
+        if im.size != (s, s):
+            im = im.resize((s, s), Image.BICUBIC)
+        a = (np.asarray(im, dtype=np.float32) / 255.0 - self.mean) / self.std
+        return torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))
+
+    def tile(self, image: ImageSource, min_tiles: int = 1, max_tiles: int = 6) -> list[Image.Image]:
+        """Multi-crop: resize to (S*cols, S*rows), cut row-major, then the whole-image thumbnail LAST
+        (only when there is more than one tile)."""
+        im = load_image(image)
+        s = self.image_size
+        cols, rows = choose_grid(im.width, im.height, s, min_tiles, max_tiles)
+        big = im.resize((s * cols, s * rows), Image.BICUBIC)
+        tiles = [big.crop((c * s, r * s, (c + 1) * s, (r + 1) * s)) for r in range(rows) for c in range(cols)]
+        if len(tiles) > 1:
+            tiles.append(im.resize((s, s), Image.BICUBIC))
+        return tiles
+
+    def num_tiles(self, width: int, height: int, crop: bool = False, min_tiles: int = 1, max_tiles: int = 6) -> int:
+        """How many (S x S) inputs an image of this size becomes, without touching pixels."""
+        if not crop:
+            return 1
+        c, r = choose_grid(width, height, self.image_size, min_tiles, max_tiles)
+        return c * r + (1 if c * r > 1 else 0)
+
+    def __call__(self, images: ImageSource | Sequence[ImageSource], crop: bool = False, min_tiles: int = 1,
+                 max_tiles: int = 6, dpi: int = 144, pages: Any = None) -> torch.Tensor:
+        """-> (N, 3, S, S). One image: N = 1, or the tiles + thumbnail with crop=True. Several images or a
+        multi-page PDF: N = pages (multi-page; each page resized whole, crop not allowed)."""
+        ims = load_images(images, dpi=dpi, pages=pages)
+        if crop:
+            if len(ims) != 1:
+                raise ValueError(f"multi-crop works on one image; got {len(ims)} (use multi-page for several)")
+            ims = self.tile(ims[0], min_tiles, max_tiles)
+        return torch.stack([self.preprocess(im) for im in ims])
+
+    def __repr__(self) -> str:
+        return f"ImageProcessor(image_size={self.image_size})"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import inspect
+import itertools
 import os
 import random
 import sys
@@ -35,10 +36,11 @@ def _wordfreq_sentences(rng: random.Random, lang: str, joiner: str, punct: str):
     import wordfreq
 
     words = wordfreq.top_n_list(lang, 30000)
-    weights = [(r + 10) ** -0.5 for r in range(len(words))]  # flatter than Zipf, so rarer words get merges too
+    # flatter than Zipf, so rarer words get merges too
+    cum_weights = list(itertools.accumulate((r + 10) ** -0.5 for r in range(len(words))))
     while True:
         n = rng.randint(4, 25)
-        ws = rng.choices(words, weights, k=n)
+        ws = rng.choices(words, cum_weights=cum_weights, k=n)
         if lang == "en":
             ws[0] = ws[0].capitalize()
         yield joiner.join(ws) + rng.choice(punct)

@@ -137,8 +137,9 @@ def load_image(src: ImageSource) -> Image.Image:
                 _check_pixels(*im.size, name)
                 im.load()
                 return to_rgb(ImageOps.exif_transpose(im))
-    except Image.DecompressionBombError as e:
-        raise ValueError(f"{name}: {e}") from None
+    except Image.DecompressionBombError as e:  # PIL's own check fires first at 2x its MAX_IMAGE_PIXELS
+        raise ValueError(f"{name}: {e} (decompression-bomb guard; raise PIL.Image.MAX_IMAGE_PIXELS and "
+                         "got.processor.MAX_PIXELS if the file is trusted)") from None
     except UnidentifiedImageError:
         raise ValueError(f"{name}: not an image PIL can read (unknown or corrupt format)") from None
     except (OSError, SyntaxError, struct.error) as e:  # PIL's decoders raise all three on bad data

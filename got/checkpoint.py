@@ -310,6 +310,12 @@ def load_model(path: str | Path, config: str | GOTConfig | None = None, dtype: t
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such checkpoint file or directory")
+    raw = None
+    if config is None:
+        cfg_path = (path if path.is_dir() else path.parent) / CONFIG_NAME
+        if not cfg_path.is_file():
+            raise FileNotFoundError(f"{cfg_path}: missing (needed to know the decoder; or pass a config/preset)")
+        raw = _read_json(cfg_path)
     sd = load_state_dict_file(path)
     layout = detect_layout(sd)
     sd = to_ours(sd, layout)
@@ -317,15 +323,13 @@ def load_model(path: str | Path, config: str | GOTConfig | None = None, dtype: t
         cfg = config
     elif config is not None:
         cfg = load_config(config)
-    else:
-        cfg_path = (path if path.is_dir() else path.parent) / CONFIG_NAME
-        if not cfg_path.is_file():
-            raise FileNotFoundError(f"{cfg_path}: missing (needed to know the decoder; or pass a config/preset)")
-        raw = _read_json(cfg_path)
-        if layout == "ours" or raw.get("model_type") == "got":
+    elif layout == "ours" or raw.get("model_type") == "got":
+        try:
             cfg = GOTConfig.from_dict(raw)
-        else:
-            cfg = foreign_config(raw, layout, sd)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{path / CONFIG_NAME if path.is_dir() else path}: {e}") from None
+    else:
+        cfg = foreign_config(raw, layout, sd)
     # An untied lm_head in a checkpoint whose config says "tied": honour the weights, not the flag.
     emb = next((k for k in sd if k.endswith("embed_tokens.weight") and k.startswith("decoder.")), None)
     if cfg.decoder.get("tie_word_embeddings", True) and "decoder.lm_head.weight" in sd and emb and \
@@ -333,18 +337,24 @@ def load_model(path: str | Path, config: str | GOTConfig | None = None, dtype: t
         cfg.decoder["tie_word_embeddings"] = False
     from transformers.initialization import no_init_weights
 
+    if dtype is None:  # the checkpoint's own dtype, like transformers' dtype="auto"
+        floats = [v.dtype for v in sd.values() if v.is_floating_point()]
+        dtype = max(set(floats), key=floats.count) if floats else torch.float32
     with no_init_weights():  # every weight is overwritten below; skip the random init
         model = GOTModel(cfg)
+    model.to(dtype=dtype)
     load_weights(model, sd, strict=strict, source=str(path))
     model.decoder.tie_weights()
     model.eval()
-    if dtype is not None or device is not None:
-        model.to(device=device, dtype=dtype)
+    if device is not None:
+        model.to(device=device)
     return model
 
 
 def load_pretrained(path: str | Path, dtype: torch.dtype | None = None, device: str | torch.device | None = None):
-    """(GOTModel, GOTTokenizer) from a checkpoint directory (ours, original GOT or got_ocr2 with a tiktoken file)."""
+    """(GOTModel, GOTTokenizer) from a checkpoint directory (ours, original GOT or got_ocr2 with a tiktoken file).
+
+    dtype None keeps the stored dtype; the rotary frequencies stay fp32 whatever the dtype."""
     from got.tokenizer import GOTTokenizer
 
     path = Path(path)

@@ -1,0 +1,671 @@
+"""Chat inference: every GOT prompt mode from Python (`GOT`) and the shell (`got chat`).
+
+    model = GOT.from_pretrained("runs/stage3")                  # bf16 where the CPU has it, CUDA bf16
+    model.chat("page.png")                                      # plain OCR -> str
+    model.chat("page.png", mode="format", box=(10, 10, 400, 200))
+    model.chat("paper.pdf", pages="1-3")                        # one answer per page -> list[str]
+    model.chat("paper.pdf", pages="1-3", multi_page=True)      # one multi-page prompt -> str
+    for piece in model.chat("page.png", stream=True): print(piece, end="")
+    model.chat_batch(["a.png", "b.jpg", {"image": "c.png", "color": "red"}])
+
+Why batching is safe: prompts are LEFT-padded and the decoder gets position ids from the attention mask,
+so a prompt's tokens see exactly what they would see alone; greedy decoding then gives the same text in a
+batch of 8 as one by one (tests/test_inference.py checks it with mixed tile counts).
+
+Generation follows the original GOT: greedy, `no_repeat_ngram_size=20` for single-image prompts (plain,
+format, box, color, multi-crop; not multi-page), stop at `<|im_end|>` which is stripped with surrounding
+whitespace. On top of that `RepetitionGuard` ends a sequence stuck in a loop, the failure GOT users hit
+most, instead of burning all 4096 new tokens on it.
+"""
+from __future__ import annotations
+
+import argparse
+import codecs
+import functools
+import json
+import os
+import queue
+import re
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
+from transformers.generation.streamers import BaseStreamer
+
+from got.prompts import build_query, encode_prompt
+
+ImageLike = str | os.PathLike | Image.Image | np.ndarray | bytes
+IMAGE_SUFFIXES = {  # known image types; anything else PIL cannot open is 'unsupported'
+    ".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".jfif"}
+CHAT_OPTIONS = ("mode", "box", "color", "crop", "max_tiles", "pages", "multi_page")
+
+
+# ---- one request, one answer ---------------------------------------------------------------------------------
+@dataclass
+class Prompt:
+    """One generation request: token ids, image tiles/pages, and where it came from (for reports)."""
+    source: str                       # file path, or "<PIL image #3>" etc.
+    mode: str                         # plain / format, with +box +color +crop +multi-page
+    input_ids: list[int]
+    pixel_values: torch.Tensor        # (tiles or pages, 3, S, S)
+    multi_page: bool = False
+    page: int | None = None           # 1-based page of a PDF answered page by page
+    seconds: float = 0.0              # time spent loading / preprocessing
+    index: int = 0                    # position of the input in the caller's list
+
+
+@dataclass
+class Answer:
+    source: str
+    mode: str
+    text: str
+    tokens: int                       # generated tokens, stop token excluded
+    seconds: float                    # preprocessing + this prompt's share of its batch's generation time
+    finish: str                       # "stop" (<|im_end|>), "length" (max_new_tokens), "repetition" (guard)
+    page: int | None = None
+    index: int = 0
+
+    def record(self) -> dict:
+        """The JSON line `got chat --out` writes."""
+        r = {"path": self.source, "mode": self.mode, "text": self.text, "seconds": round(self.seconds, 3),
+             "tokens": self.tokens, "finish": self.finish}
+        if self.page is not None:
+            r["page"] = self.page
+        return r
+
+
+# ---- generation helpers ----------------------------------------------------------------------------------------
+class RepetitionGuard(StoppingCriteria):
+    """Ends each sequence whose last `window` generated tokens hold fewer than `min_unique` distinct
+    `ngram`-grams per position: a loop.
+
+    An exact loop of period p has about p / window distinct n-grams (caught up to p ~ 250 by default).
+    Under `no_repeat_ngram_size=20` a loop cannot repeat exactly; the model changes a token every ~20 and
+    carries on, leaving about ngram/20 + p/window (caught up to p ~ 50). Prose, tables, numbers and tables
+    of contents stay above 0.6; very repetitive legitimate content (a long grid of empty cells, sheet music
+    made of one repeated bar) can fall below: pass a larger window or `GOT.repetition_guard = None`.
+    Decisions are per sequence, so batching does not change them. Create one guard per `generate` call.
+    """
+
+    def __init__(self, window: int = 512, ngram: int = 8, min_unique: float = 0.5):
+        self.window, self.ngram, self.min_unique = window, ngram, min_unique
+        self.prompt_len: int | None = None
+        self.fired: torch.Tensor | None = None
+
+    def __call__(self, input_ids: torch.LongTensor, scores=None, **kwargs) -> torch.BoolTensor:
+        if self.prompt_len is None:  # first call: the prompt plus one new token
+            self.prompt_len = input_ids.shape[1] - 1
+            self.fired = torch.zeros(input_ids.shape[0], dtype=torch.bool)
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        if input_ids.shape[1] - self.prompt_len < self.window:
+            return done
+        tail = input_ids[:, -self.window:].tolist()
+        n_grams = self.window - self.ngram + 1
+        for b, row in enumerate(tail):
+            unique = len({tuple(row[i:i + self.ngram]) for i in range(n_grams)})
+            if unique < self.min_unique * n_grams:
+                done[b] = True
+                self.fired[b] = True
+        return done
+
+
+class _Abort(StoppingCriteria):
+    """Stops generation when a streaming consumer goes away (breaks out of the loop)."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids, scores=None, **kwargs):
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+class TextPieceStreamer(BaseStreamer):
+    """transformers streamer for our tiktoken tokenizer: calls `on_text(piece)` as tokens arrive.
+
+    Bytes go through an incremental UTF-8 decoder, so a character split over several BPE tokens is emitted
+    once it is complete; leading and trailing whitespace and the stop token are held back exactly as the
+    non-streamed answer strips them, so the pieces join to the very same text.
+    """
+
+    def __init__(self, tokenizer, on_text: Callable[[str], None], stop_ids: Iterable[int]):
+        self.tokenizer, self.on_text, self.stop_ids = tokenizer, on_text, set(stop_ids)
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._prompt_seen = self._stopped = self._started = False
+        self._held = ""
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self._prompt_seen:  # generate() first hands over the prompt
+            self._prompt_seen = True
+            return
+        if value.numel() != 1:
+            raise ValueError("TextPieceStreamer streams one sequence at a time (batch size 1)")
+        token = int(value.reshape(-1)[0])
+        if self._stopped or token in self.stop_ids:
+            self._stopped = True
+            return
+        self._emit(self._decoder.decode(self.tokenizer.id_to_bytes(token)))
+
+    def end(self) -> None:
+        self._emit(self._decoder.decode(b"", final=True))
+
+    def _emit(self, text: str) -> None:
+        text = self._held + text
+        if not self._started:
+            text = text.lstrip()
+            self._started = bool(text)
+        body = text.rstrip()
+        self._held = text[len(body):]
+        if body:
+            self.on_text(body)
+
+
+def _bf16_cpu() -> bool:
+    """Does this CPU compute bf16 natively (AVX512-BF16 / AMX)? Emulated bf16 is slower than fp32."""
+    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        try:
+            if getattr(torch.cpu, probe)():
+                return True
+        except (AttributeError, RuntimeError):
+            pass
+    return False
+
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+           "float16": torch.float16, "fp16": torch.float16}
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """None / "auto": bf16 on CUDA and on CPUs with native bf16, else fp32."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "auto"):
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if _bf16_cpu() else torch.float32
+    try:
+        return _DTYPES[str(dtype).lower()]
+    except KeyError:
+        raise ValueError(f"unknown dtype {dtype!r}; choose auto, float32, bfloat16 or float16") from None
+
+
+def parse_pages(pages: str | int | Iterable[int] | None, n_pages: int, source: str) -> list[int]:
+    """'1-3,5,8-' / 2 / [1, 2] / None (all) -> sorted 1-based page numbers, checked against the document."""
+    if n_pages == 0:
+        raise ValueError(f"{source}: the document has no pages")
+    if pages is None:
+        return list(range(1, n_pages + 1))
+    if isinstance(pages, int):
+        wanted = [pages]
+    elif isinstance(pages, str):
+        wanted = []
+        for part in pages.replace(" ", "").split(","):
+            m = re.fullmatch(r"(\d*)-(\d*)|(\d+)", part)
+            if not m or part == "-":
+                raise ValueError(f"{source}: bad page range {pages!r}; use e.g. 1-3,5 or 4- (pages count from 1)")
+            if m.group(3):
+                wanted.append(int(m.group(3)))
+            else:
+                wanted.extend(range(int(m.group(1) or 1), int(m.group(2) or n_pages) + 1))
+    else:
+        wanted = [int(p) for p in pages]
+    bad = [p for p in wanted if not 1 <= p <= n_pages]
+    if bad or not wanted:
+        raise ValueError(f"{source}: page {bad[0] if bad else pages} requested but the document has {n_pages} "
+                         f"page{'s' if n_pages != 1 else ''} (pages count from 1)")
+    return sorted(set(wanted))
+
+
+def _source_name(item, index: int) -> str:
+    if isinstance(item, (str, os.PathLike)):
+        return str(item)
+    return f"<{type(item).__name__} #{index}>"
+
+
+def _is_pdf(item) -> bool:
+    """By suffix or by the %PDF- signature (a scan saved without a suffix is still a PDF)."""
+    if isinstance(item, (str, os.PathLike)):
+        if Path(item).suffix.lower() == ".pdf":
+            return True
+        try:
+            with open(item, "rb") as f:
+                return f.read(5) == b"%PDF-"
+        except OSError:
+            return False
+    return isinstance(item, (bytes, bytearray)) and bytes(item[:5]) == b"%PDF-"
+
+
+# ---- the API -----------------------------------------------------------------------------------------------------
+class GOT:
+    """A loaded model + tokenizer + image processor, with GOT's chat modes on top."""
+
+    def __init__(self, model, tokenizer, dtype: torch.dtype | None = None):
+        from got.processor import ImageProcessor
+
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.config = model.config
+        self.device = model.device
+        self.dtype = dtype or model.dtype
+        self.processor = ImageProcessor(image_size=self.config.image_size)
+        self.stop_ids = [tokenizer.im_end_id, tokenizer.endoftext_id]
+        # Passed to transformers' generate(); single-image prompts add no_repeat_ngram_size (GOT's 20).
+        self.generation: dict = {"do_sample": False, "num_beams": 1}
+        self.no_repeat_ngram_size = 20
+        # A factory so every generate() call gets a fresh guard; None switches the guard off.
+        self.repetition_guard: Callable[[], StoppingCriteria] | None = RepetitionGuard
+        self.max_positions = int(self.config.decoder.get("max_position_embeddings", 1 << 30))
+
+    # ---- loading ----------------------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, dtype: str | torch.dtype | None = None,
+                        device: str | torch.device | None = None, int8: bool = False) -> "GOT":
+        """Load a directory written by `save_pretrained` / `got convert`.
+
+        dtype None/"auto": bf16 on CUDA and on CPUs with native bf16, else fp32. int8 (CPU): the decoder's
+        Linear layers are quantised dynamically to int8 (torch.ao quantize_dynamic); the vision tower and
+        projector keep `dtype`.
+        """
+        from got.checkpoint import load_pretrained
+
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: model directory not found")
+        if not path.is_dir():
+            raise ValueError(f"{path}: --model must be a model directory (config.json + weights + tokenizer)")
+        missing = [] if (path / "config.json").is_file() else ["config.json"]
+        if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")) \
+                and not any(path.glob("*.safetensors.index.json")):
+            missing.append("weights (model.safetensors)")
+        if missing:
+            raise FileNotFoundError(f"{path}: model directory is missing {' and '.join(missing)}")
+        device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = resolve_dtype(dtype, device)
+        if int8:
+            if device.type != "cpu":
+                raise ValueError("int8 dynamic quantisation runs on CPU only; drop --int8 or use --device cpu")
+            model, tokenizer = load_pretrained(path, dtype=torch.float32, device="cpu")
+            with warnings.catch_warnings():  # torch.ao's deprecation notice; still the stock eager int8 path
+                warnings.simplefilter("ignore")
+                torch.ao.quantization.quantize_dynamic(model.decoder, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
+            model.vision_tower.to(dtype)
+            model.projector.to(dtype)
+        else:
+            model, tokenizer = load_pretrained(path, dtype=dtype, device=device)
+        return cls(model, tokenizer, dtype=dtype)
+
+    # ---- inputs -> prompts -----------------------------------------------------------------------------------
+    def prepare(self, item: ImageLike | Sequence[ImageLike], *, mode: str = "plain", box: Sequence[float] | None = None,
+                color: str | None = None, crop: bool = False, max_tiles: int = 6, pages=None,
+                multi_page: bool = False, index: int = 0) -> list[Prompt]:
+        """Turn one input into its prompt(s): one for an image or a multi-page prompt, one per page when a
+        PDF (or a list of images) is answered page by page. Raises ValueError / FileNotFoundError naming
+        the input and the problem."""
+        return list(self.iter_prompts(item, mode=mode, box=box, color=color, crop=crop, max_tiles=max_tiles,
+                                      pages=pages, multi_page=multi_page, index=index))
+
+    def iter_prompts(self, item, *, mode: str = "plain", box=None, color=None, crop: bool = False,
+                     max_tiles: int = 6, pages=None, multi_page: bool = False, index: int = 0) -> Iterator[Prompt]:
+        """Lazy `prepare`: a 300-page PDF answered page by page holds one page in memory at a time."""
+        from got.processor import load_image, load_pdf
+
+        source = _source_name(item, index)
+        t0 = time.perf_counter()
+        if crop and multi_page:
+            raise ValueError(f"{source}: crop (multi-crop) and multi_page cannot be combined")
+        if (box is not None or color is not None) and (crop or multi_page):
+            raise ValueError(f"{source}: box / color prompts take one whole image; drop crop / multi_page")
+        if isinstance(item, (list, tuple)):  # a document given as images
+            if not item:
+                raise ValueError(f"{source}: empty list of pages")
+            wanted = parse_pages(pages, len(item), source)
+            loaders = [(p, functools.partial(self._load_image, item[p - 1], source, load_image)) for p in wanted]
+        elif _is_pdf(item):
+            wanted = parse_pages(pages, self._pdf_page_count(item, source), source)
+            loaders = [(p, functools.partial(self._load_pdf_page, item, p, source, load_pdf)) for p in wanted]
+        else:
+            if pages not in (None, 1, "1", [1]):
+                raise ValueError(f"{source}: pages={pages!r} given but this input is a single image")
+            loaders = [(None, functools.partial(self._load_image, item, source, load_image))]
+        label = mode + ("+box" if box is not None else "") + ("+color" if color is not None else "") \
+            + ("+crop" if crop else "") + ("+multi-page" if multi_page and len(loaders) > 1 else "")
+        if multi_page and len(loaders) > 1:
+            pixels = torch.stack([self.processor.preprocess(load()) for _, load in loaders])
+            yield self._prompt(source, label, build_query(mode, multi_page=True), pixels, None, t0, index, True)
+            return
+        if multi_page:  # a one-page document: the single-image prompt the model knows, still one answer
+            loaders = [(None, loaders[0][1])]
+        for page, load in loaders:
+            t0 = t0 if page is None else time.perf_counter()
+            image = load()
+            try:
+                query = build_query(mode, box=box, color=color, image_size=image.size, multi_crop=crop)
+            except ValueError as e:
+                raise ValueError(f"{source}{'' if page is None else f' page {page}'}: {e}") from None
+            pixels = self.processor([image], crop=crop, max_tiles=max_tiles) if crop \
+                else self.processor.preprocess(image).unsqueeze(0)
+            yield self._prompt(source, label, query, pixels, page, t0, index)
+
+    def _prompt(self, source, label, query, pixels, page, t0, index, multi_page=False) -> Prompt:
+        n_tokens = self.config.image_token_len * pixels.shape[0]
+        ids = encode_prompt(self.tokenizer, query, n_tokens)
+        if len(ids) >= self.max_positions:
+            raise ValueError(f"{source}: the prompt needs {len(ids)} tokens ({pixels.shape[0]} tiles/pages) but the "
+                             f"model takes at most {self.max_positions}; use fewer pages or --max-tiles")
+        return Prompt(source=source, mode=label, input_ids=ids, pixel_values=pixels.to(self.dtype),
+                      multi_page=multi_page, page=page, seconds=time.perf_counter() - t0, index=index)
+
+    @staticmethod
+    def _load_image(item, source: str, load_image) -> Image.Image:
+        if not isinstance(item, (str, os.PathLike, Image.Image, np.ndarray, bytes, bytearray)):
+            raise ValueError(f"{source}: unsupported input type {type(item).__name__}; give a path, PIL image, "
+                             f"numpy HWC array, image/PDF bytes or a list of pages")
+        if isinstance(item, (str, os.PathLike)) and Path(item).is_dir():
+            raise ValueError(f"{source}: is a directory, not an image or PDF")
+        try:
+            return load_image(item)
+        except ValueError as e:
+            suffix = Path(item).suffix.lower() if isinstance(item, (str, os.PathLike)) else ""
+            if suffix and suffix not in IMAGE_SUFFIXES and "not an image PIL can read" in str(e):
+                raise ValueError(f"{source}: unsupported file type {suffix!r}; give an image or a PDF") from None
+            raise ValueError(e if str(e).startswith(source) else f"{source}: {e}") from None
+        except FileNotFoundError as e:
+            raise FileNotFoundError(e if str(e).startswith(source) else f"{source}: {e}") from None
+        except OSError as e:  # permissions, I/O errors
+            raise ValueError(f"{source}: cannot read ({e})") from None
+
+    @staticmethod
+    def _pdf_page_count(item, source: str) -> int:
+        import pymupdf as fitz
+
+        if isinstance(item, (str, os.PathLike)) and not Path(item).exists():
+            raise FileNotFoundError(f"{source}: no such file")
+        try:
+            doc = fitz.open(stream=bytes(item), filetype="pdf") if isinstance(item, (bytes, bytearray)) else fitz.open(item)
+        except Exception as e:  # pymupdf raises its own FileDataError / RuntimeError types
+            raise ValueError(f"{source}: not a readable PDF ({e})") from None
+        with doc:
+            if doc.needs_pass:
+                raise ValueError(f"{source}: PDF is encrypted (password protected); decrypt it first")
+            if doc.page_count == 0:
+                raise ValueError(f"{source}: PDF has no pages")
+            return doc.page_count
+
+    @staticmethod
+    def _load_pdf_page(item, page: int, source: str, load_pdf) -> Image.Image:
+        try:
+            return load_pdf(item, pages=[page])[0]
+        except (ValueError, FileNotFoundError) as e:
+            raise type(e)(e if str(e).startswith(source) else f"{source} page {page}: {e}") from None
+
+    # ---- generation ------------------------------------------------------------------------------------------
+    def generate(self, prompts: Sequence[Prompt], max_new_tokens: int = 4096, batch_size: int = 8,
+                 on_batch: Callable[[list[Answer]], None] | None = None) -> list[Answer]:
+        """Answers in the order of `prompts`. Batches group prompts of equal generation settings and similar
+        length (less padding); results do not depend on the grouping."""
+        order = sorted(range(len(prompts)), key=lambda i: (prompts[i].multi_page, len(prompts[i].input_ids)))
+        answers: list[Answer | None] = [None] * len(prompts)
+        start = 0
+        while start < len(order):
+            stop = start + 1
+            while stop < len(order) and stop - start < batch_size \
+                    and prompts[order[stop]].multi_page == prompts[order[start]].multi_page:
+                stop += 1
+            idx = order[start:stop]
+            done = self._generate_batch([prompts[i] for i in idx], max_new_tokens)
+            for i, a in zip(idx, done):
+                answers[i] = a
+            if on_batch:
+                on_batch(done)
+            start = stop
+        return answers  # type: ignore[return-value]
+
+    def _autocast(self):
+        if self.device.type == "cpu" and self.dtype == torch.bfloat16:
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return nullcontext()
+
+    @torch.inference_mode()
+    def _generate_batch(self, batch: list[Prompt], max_new_tokens: int, streamer: BaseStreamer | None = None,
+                        extra_stops: Sequence[StoppingCriteria] = ()) -> list[Answer]:
+        t0 = time.perf_counter()
+        pad = self.tokenizer.endoftext_id
+        width = max(len(p.input_ids) for p in batch)
+        ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for b, p in enumerate(batch):  # LEFT padding
+            ids[b, width - len(p.input_ids):] = torch.tensor(p.input_ids)
+            mask[b, width - len(p.input_ids):] = 1
+        pixels = torch.cat([p.pixel_values for p in batch]).to(self.device)
+        guard = self.repetition_guard() if self.repetition_guard else None
+        criteria = StoppingCriteriaList([c for c in [guard, *extra_stops] if c is not None])
+        kwargs = dict(self.generation)
+        if not batch[0].multi_page and self.no_repeat_ngram_size:
+            kwargs["no_repeat_ngram_size"] = self.no_repeat_ngram_size
+        max_new = max(1, min(max_new_tokens, self.max_positions - width))
+        with self._autocast():
+            out = self.model.generate(ids.to(self.device), pixels, attention_mask=mask.to(self.device),
+                                      max_new_tokens=max_new, eos_token_id=self.stop_ids, pad_token_id=pad,
+                                      stopping_criteria=criteria, streamer=streamer, **kwargs)
+        share = (time.perf_counter() - t0) / len(batch)
+        answers = []
+        for b, (p, row) in enumerate(zip(batch, out.tolist())):
+            stop_at = next((i for i, t in enumerate(row) if t in self.stop_ids), None)
+            tokens = row if stop_at is None else row[:stop_at]
+            if stop_at is not None and row[stop_at] == self.tokenizer.im_end_id:
+                finish = "stop"
+            elif guard is not None and guard.fired is not None and bool(guard.fired[b]):
+                finish = "repetition"
+            else:
+                finish = "stop" if stop_at is not None else "length"
+            answers.append(Answer(source=p.source, mode=p.mode, text=self.tokenizer.decode(tokens).strip(),
+                                  tokens=len(tokens), seconds=p.seconds + share, finish=finish, page=p.page,
+                                  index=p.index))
+        return answers
+
+    def stream(self, prompt: Prompt, max_new_tokens: int = 4096) -> Iterator[str]:
+        """Text pieces of one prompt's answer as they are generated (generation runs in a worker thread)."""
+        pieces: queue.Queue = queue.Queue()
+        abort = threading.Event()
+        end = object()
+
+        def work():
+            try:
+                streamer = TextPieceStreamer(self.tokenizer, pieces.put, self.stop_ids)
+                self._generate_batch([prompt], max_new_tokens, streamer=streamer, extra_stops=[_Abort(abort)])
+                pieces.put(end)
+            except BaseException as e:  # re-raised in the consumer's thread
+                pieces.put(e)
+
+        worker = threading.Thread(target=work, name="got-stream", daemon=True)
+        worker.start()
+        try:
+            while (piece := pieces.get()) is not end:
+                if isinstance(piece, BaseException):
+                    raise piece
+                yield piece
+        finally:
+            abort.set()
+            worker.join()
+
+    # ---- chat ---------------------------------------------------------------------------------------------------
+    def chat(self, image: ImageLike | Sequence[ImageLike], mode: str = "plain", box: Sequence[float] | None = None,
+             color: str | None = None, crop: bool = False, max_tiles: int = 6, pages=None, multi_page: bool = False,
+             max_new_tokens: int = 4096, stream: bool = False) -> str | list[str] | Iterator[str]:
+        """OCR one input. mode "plain" or "format"; box (x1, y1, x2, y2) in pixels of the image, or color
+        red/green/blue for fine-grained OCR; crop for multi-crop (up to max_tiles tiles + a thumbnail).
+
+        A PDF (path or bytes) or a list of images is a document: `pages` picks pages ("1-3,5", 2, [1, 2];
+        default all); it is answered page by page (-> list[str]) unless multi_page=True (-> one str from
+        one multi-page prompt). stream=True returns an iterator of text pieces instead (pages of a
+        page-by-page document follow each other, separated by a blank line).
+        """
+        prompts = self.prepare(image, mode=mode, box=box, color=color, crop=crop, max_tiles=max_tiles,
+                               pages=pages, multi_page=multi_page)
+        single = len(prompts) == 1 and prompts[0].page is None
+        if stream:
+            return self._stream_all(prompts, max_new_tokens)
+        texts = [a.text for a in self.generate(prompts, max_new_tokens=max_new_tokens, batch_size=len(prompts))]
+        return texts[0] if single else texts
+
+    def _stream_all(self, prompts: list[Prompt], max_new_tokens: int) -> Iterator[str]:
+        for i, p in enumerate(prompts):
+            if i:
+                yield "\n\n"
+            yield from self.stream(p, max_new_tokens)
+
+    def chat_batch(self, items: Sequence[ImageLike | Sequence[ImageLike] | dict], batch_size: int = 8,
+                   max_new_tokens: int = 4096, **options) -> list[str | list[str]]:
+        """Many inputs at once, batched; `chat_batch(xs, **kw)[i] == chat(xs[i], **kw)` (same text).
+
+        An item may be a dict `{"image": x, "box": [...], ...}` overriding the batch-wide `options`
+        (mode, box, color, crop, max_tiles, pages, multi_page) for that input.
+        """
+        unknown = set(options) - set(CHAT_OPTIONS)
+        if unknown:
+            raise TypeError(f"chat_batch() got unknown options {sorted(unknown)}; allowed: {', '.join(CHAT_OPTIONS)}")
+        per_item: list[list[Prompt]] = []
+        for i, item in enumerate(items):
+            opts = dict(options)
+            if isinstance(item, dict):
+                item = dict(item)
+                if "image" not in item:
+                    raise ValueError(f"item #{i}: a dict item needs an 'image' key")
+                image = item.pop("image")
+                bad = set(item) - set(CHAT_OPTIONS)
+                if bad:
+                    raise ValueError(f"item #{i}: unknown options {sorted(bad)}; allowed: {', '.join(CHAT_OPTIONS)}")
+                opts.update(item)
+                item = image
+            per_item.append(self.prepare(item, index=i, **opts))
+        flat = [p for ps in per_item for p in ps]
+        texts = iter(a.text for a in self.generate(flat, max_new_tokens=max_new_tokens, batch_size=batch_size))
+        out: list[str | list[str]] = []
+        for ps in per_item:
+            got = [next(texts) for _ in ps]
+            out.append(got[0] if len(ps) == 1 and ps[0].page is None else got)
+        return out
+
+
+# ---- CLI -----------------------------------------------------------------------------------------------------------
+def _parse_box(text: str | None) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        values = [float(v) for v in text.replace(" ", "").strip("[]()").split(",")]
+    except ValueError:
+        raise ValueError(f"--box {text!r}: give pixel coordinates x1,y1,x2,y2 (or a point x,y)") from None
+    if len(values) not in (2, 4):
+        raise ValueError(f"--box {text!r}: give 4 numbers x1,y1,x2,y2 (or 2 for a point)")
+    return values
+
+
+def add_cli(p: argparse.ArgumentParser) -> None:
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_PDF", help="image files and/or PDFs")
+    p.add_argument("--model", required=True, help="model directory (config.json, model.safetensors, tokenizer)")
+    p.add_argument("--format", action="store_true", help="formatted output (markdown / LaTeX / kern / SMILES)")
+    p.add_argument("--box", help="fine-grained OCR of a region: x1,y1,x2,y2 in pixels")
+    p.add_argument("--color", choices=["red", "green", "blue"], help="fine-grained OCR inside a coloured frame")
+    p.add_argument("--crop", action="store_true", help="multi-crop: cut large images into tiles + a thumbnail")
+    p.add_argument("--max-tiles", type=int, default=6, help="tile limit for --crop (default 6, as GOT)")
+    p.add_argument("--multi-page", action="store_true", help="all pages of a PDF in ONE prompt (default: per page)")
+    p.add_argument("--pages", help="PDF pages, e.g. 1-3,5 or 4- (default: all)")
+    p.add_argument("--stream", action="store_true", help="print text as it is generated (batch size 1)")
+    p.add_argument("--render", metavar="HTML", help="also write all answers as one standalone HTML page")
+    p.add_argument("--out", metavar="JSONL", help="write one JSON line per answer here (default: stdout)")
+    p.add_argument("--batch-size", type=int, default=8, help="prompts generated together (default 8)")
+    p.add_argument("--max-new-tokens", type=int, default=4096)
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="auto: bf16 on CUDA and CPUs with native bf16, else fp32")
+    p.add_argument("--int8", action="store_true", help="CPU: int8 dynamic quantisation of the decoder's Linear layers")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+
+
+def cli_main(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    if args.batch_size < 1 or args.max_tiles < 1 or args.max_new_tokens < 1:
+        raise ValueError("--batch-size, --max-tiles and --max-new-tokens must be >= 1")
+    options = dict(mode="format" if args.format else "plain", box=_parse_box(args.box), color=args.color,
+                   crop=args.crop, max_tiles=args.max_tiles, pages=args.pages, multi_page=args.multi_page)
+    model = GOT.from_pretrained(args.model, dtype=args.dtype, device=args.device, int8=args.int8)
+    out = open(args.out, "w", encoding="utf-8") if args.out else None
+    records_to_stdout = out is None and not args.stream
+    bar = tqdm(total=len(args.inputs), unit="file", desc="got chat", disable=args.stream, file=sys.stderr)
+    failures, rendered = 0, []
+    remaining = [0] * len(args.inputs)  # prompts of each input not answered yet
+    counted: set[int] = set()
+
+    def tick(i: int) -> None:
+        if i not in counted:
+            counted.add(i)
+            bar.update(1)
+
+    def write(record: dict) -> None:
+        line = json.dumps(record, ensure_ascii=False)
+        if out is not None:
+            out.write(line + "\n")
+            out.flush()
+        elif records_to_stdout:
+            tqdm.write(line, file=sys.stdout)
+
+    def report_error(source: str, e: Exception) -> None:
+        nonlocal failures
+        failures += 1
+        msg = str(e) if str(e).startswith(source) else f"{source}: {e}"
+        tqdm.write(f"got chat: error: {msg}", file=sys.stderr)
+        write({"path": source, "mode": options["mode"], "error": msg})
+
+    def finish(answers: list[Answer]) -> None:
+        for a in answers:
+            write(a.record())
+            rendered.append((a.source + ("" if a.page is None else f" (page {a.page})"), a.text))
+            remaining[a.index] -= 1
+            if remaining[a.index] == 0:
+                tick(a.index)
+
+    def run(batch: list[Prompt]) -> None:
+        if not args.stream:
+            model.generate(batch, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, on_batch=finish)
+            return
+        for p in batch:
+            if len(args.inputs) > 1 or p.page is not None:
+                print(f"==> {p.source}{'' if p.page is None else f' (page {p.page})'} <==", flush=True)
+            streamer = TextPieceStreamer(model.tokenizer, lambda s: print(s, end="", flush=True), model.stop_ids)
+            finish(model._generate_batch([p], args.max_new_tokens, streamer=streamer))
+            print(flush=True)
+
+    pending: list[Prompt] = []
+    for i, path in enumerate(args.inputs):
+        try:
+            opts = dict(options, pages=options["pages"] if _is_pdf(path) else None)  # --pages: PDFs only
+            for prompt in model.iter_prompts(path, index=i, **opts):
+                remaining[i] += 1
+                pending.append(prompt)
+                if len(pending) >= args.batch_size:
+                    run(pending)
+                    pending = []
+        except (ValueError, FileNotFoundError, OSError) as e:
+            report_error(path, e)
+            tick(i)
+    if pending:
+        run(pending)
+    bar.close()
+    if out is not None:
+        out.close()
+    if args.render:
+        from got.render import render_html
+
+        Path(args.render).write_text(render_html(rendered, title=f"got chat: {len(rendered)} answers"), encoding="utf-8")
+        print(f"got chat: wrote {args.render} ({len(rendered)} answers)", file=sys.stderr)
+    if failures:
+        print(f"got chat: {failures} of {len(args.inputs)} inputs failed", file=sys.stderr)
+    return 1 if failures else 0

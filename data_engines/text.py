@@ -26,7 +26,8 @@ BOLD_FAMILY = {"sans": "sans-bold", "serif": "serif-bold", "liberation-sans": "s
 # Words a reader would not expect in a document; wordfreq's web-derived lists contain a few.
 _BLOCKED = frozenset("""fuck fucking fucked fucker shit shitty bitch bitches cunt dick dicks cock pussy twat slut
 whore nigga nigger niggas fag faggot retard retarded porn porno sex sexy anal nude nudes penis vagina boobs tits
-rape raped rapist""".split())
+rape raped rapist asshole assholes bastard bastards damn damned crap motherfucker bullshit dildo horny""".split())
+_BLOCKED_ZH = ("婊子", "他妈", "傻逼", "操你", "妈的", "鸡巴", "屌", "肏", "贱人", "淫", "妓")
 _CJK = re.compile(r"^[\u4e00-\u9fff]+$")
 _EN_SMALL = frozenset("a an the and or but of in on at to for by with from as is vs".split())
 
@@ -53,7 +54,8 @@ def vocabulary(lang: str) -> tuple[list[str], list[float]]:
         words = [w for w in wordfreq.top_n_list("en", 25000)
                  if w.isascii() and w.isalpha() and (len(w) > 1 or w in "ai") and w not in _BLOCKED]
     else:
-        words = [w for w in wordfreq.top_n_list("zh", 20000) if _CJK.match(w)]
+        words = [w for w in wordfreq.top_n_list("zh", 20000)
+                 if _CJK.match(w) and not any(b in w for b in _BLOCKED_ZH)]
     cum, total = [], 0.0
     for rank in range(len(words)):
         total += 1.0 / (rank + 20) ** 0.85

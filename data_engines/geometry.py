@@ -163,7 +163,7 @@ class _Scene:
             a = self.rng.uniform(0, 2 * math.pi)
             p = (r2(c[0] + rad * math.cos(a)), r2(c[1] + rad * math.sin(a)))
             self.shapes.append({"type": "segment", "points": [c, p], **self.style()})
-            self.label(p)
+            self.label(p, anchor=_outward(p, [c]))
 
     def add_segment(self) -> None:
         a, b = self.rand_pt(), self.rand_pt()

@@ -299,7 +299,7 @@ class FormulaEngine:
         math = rng.choice(list(MATH_FONTS))
         color, bg = ink(rng), paper(rng)
         hcolor = hex_color(color)
-        width = rng.randint(480, self.max_side)
+        width = rng.randint(min(480, self.max_side), self.max_side)
         margin = rng.randint(16, 64)
         line_h = int(size * rng.uniform(1.5, 2.0))
         space = font.getlength(" ")

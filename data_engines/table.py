@@ -119,7 +119,7 @@ class TableEngine:
         hfont = load_font(BOLD[family], size) if bold_header else font
         fg, bg = ink(rng), paper(rng)
 
-        n_cols, n_rows = rng.randint(2, 7), rng.randint(2, 14)
+        n_cols, n_rows = rng.randint(2, 7), rng.randint(2, 14)  # body rows; the header is one more
         cols = [Column("text" if rng.random() < 0.8 else "name")] + [
             Column(rng.choices(["text", "int", "float", "percent", "money", "year"], [3, 3, 3, 2, 1, 1])[0],
                    rng.randint(1, 3)) for _ in range(n_cols - 1)]
@@ -128,19 +128,25 @@ class TableEngine:
 
         pad_x, pad_y = rng.randint(6, 18), rng.randint(3, 10)
         margin = rng.randint(10, 50)
-        asc, desc = font.getmetrics()
-        row_h = asc + desc + 2 * pad_y
 
         def width(c: str, f) -> int:
             return int(f.getlength(c)) + 1
 
-        # Fit the page: drop trailing columns, then trailing rows (meta and target follow what is kept).
+        # Fit the page: drop trailing columns (keeping two), then shrink the font, then drop trailing rows;
+        # meta and target follow what is kept.
         while True:
             col_w = [max(width(r[j], hfont if i == 0 else font) for i, r in enumerate(cells)) + 2 * pad_x
                      for j in range(len(cols))]
-            if sum(col_w) + 2 * margin <= self.max_side or len(cols) <= 1:
+            if sum(col_w) + 2 * margin <= self.max_side or (len(cols) <= 2 and size <= 8):
                 break
-            cols, aligns, cells = cols[:-1], aligns[:-1], [r[:-1] for r in cells]
+            if len(cols) > 2:
+                cols, aligns, cells = cols[:-1], aligns[:-1], [r[:-1] for r in cells]
+            else:
+                size -= 2
+                font = load_font(family, size)
+                hfont = load_font(BOLD[family], size) if bold_header else font
+        asc, desc = font.getmetrics()
+        row_h = asc + desc + 2 * pad_y
         max_rows = max(2, (self.max_side - 2 * margin - 4) // row_h)
         cells = cells[:max_rows]
 

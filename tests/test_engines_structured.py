@@ -66,6 +66,13 @@ def test_same_seed_byte_identical(name, engines):
     assert target(c) != target(a)
 
 
+@pytest.mark.parametrize("name", STRUCTURED)
+def test_max_side_option_is_honoured(name):
+    engine = get_engine(name, max_side=512)
+    for seed in range(5):
+        assert max(engine.render(random.Random(seed)).images[0].size) <= 512
+
+
 def test_missing_tool_names_the_package():
     from data_engines.structured import require
 

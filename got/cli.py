@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if args.command is None else 2
     try:
         return int(args._run(args) or 0)
-    except (FileNotFoundError, ValueError) as e:  # user errors: one clear line, no traceback
+    except (FileNotFoundError, ValueError, ImportError) as e:  # user errors: one clear line, no traceback
         print(f"got {args.command}: error: {e}", file=sys.stderr)
         return 1
 

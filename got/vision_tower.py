@@ -64,7 +64,8 @@ def get_rel_pos(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor
     q_coords = torch.arange(q_size, device=rel_pos.device)[:, None] * max(k_size / q_size, 1.0)
     k_coords = torch.arange(k_size, device=rel_pos.device)[None, :] * max(q_size / k_size, 1.0)
     relative = (q_coords - k_coords) + (k_size - 1) * max(q_size / k_size, 1.0)
-    return rel_pos[relative.long()]
+    # index_select: advanced indexing with a 2-D index is ~10x slower on CPU for the same gather.
+    return rel_pos.index_select(0, relative.long().flatten()).view(q_size, k_size, -1)
 
 
 class Attention(nn.Module):
@@ -91,9 +92,11 @@ class Attention(nn.Module):
             qc, kc, vc = q[s : s + chunk], k[s : s + chunk], v[s : s + chunk]
             r_q = qc.reshape(-1, H, W, qc.shape[-1])
             # bias[(h,w),(kh,kw)] = q.Rh[h,kh] + q.Rw[w,kw]; both terms are small matmuls, then one broadcast add.
-            rel_h = torch.einsum("bhwc,hkc->bhwk", r_q, Rh)
-            rel_w = torch.einsum("bhwc,wkc->bhwk", r_q, Rw)
-            mask = (rel_h[:, :, :, :, None] + rel_w[:, :, :, None, :]).reshape(1, -1, N, N)
+            # contiguous() on the small terms: einsum returns permuted layouts, the broadcast add would inherit
+            # them and the reshape to (heads, N, N) would then copy the whole mask once more.
+            rel_h = torch.einsum("bhwc,hkc->bhwk", r_q, Rh).contiguous()
+            rel_w = torch.einsum("bhwc,wkc->bhwk", r_q, Rw).contiguous()
+            mask = (rel_h[:, :, :, :, None] + rel_w[:, :, :, None, :]).view(1, -1, N, N)
             out.append(F.scaled_dot_product_attention(qc[None], kc[None], vc[None], attn_mask=mask)[0])
         o = torch.cat(out) if len(out) > 1 else out[0]
         o = o.reshape(B, nh, H, W, -1).permute(0, 2, 3, 1, 4).reshape(B, H, W, C)

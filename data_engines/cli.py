@@ -45,7 +45,7 @@ DESCRIPTIONS = {
     "multi_page": "2-8 short pages of one document; the pages' text in order",
 }
 SHARD_SIZE = 1000
-PNG_LEVEL = 6
+PNG_LEVEL = 3  # zlib level: 3 encodes ~1.5x faster than 6 for <5% larger files
 
 
 def add_cli(parser: argparse.ArgumentParser) -> None:

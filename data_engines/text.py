@@ -26,7 +26,7 @@ BOLD_FAMILY = {"sans": "sans-bold", "serif": "serif-bold", "liberation-sans": "s
 # Words a reader would not expect in a document; wordfreq's web-derived lists contain a few.
 _BLOCKED = frozenset("""fuck fucking fucked fucker shit shitty bitch bitches cunt dick dicks cock pussy twat slut
 whore nigga nigger niggas fag faggot retard retarded porn porno sex sexy anal nude nudes penis vagina boobs tits
-rape raped rapist asshole assholes bastard bastards damn damned crap motherfucker bullshit dildo horny""".split())
+rape raped rapist ass asses asshole assholes bastard bastards damn damned crap motherfucker bullshit dildo horny""".split())
 _BLOCKED_ZH = ("婊子", "他妈", "傻逼", "操你", "妈的", "鸡巴", "屌", "肏", "贱人", "淫", "妓")
 _CJK = re.compile(r"^[\u4e00-\u9fff]+$")
 _EN_SMALL = frozenset("a an the and or but of in on at to for by with from as is vs".split())

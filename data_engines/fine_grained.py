@@ -37,8 +37,7 @@ def pick_region(rng: random.Random, lines: list[Line]) -> list[Line]:
     return run
 
 
-def region_box(rng: random.Random, region: list[Line], lines: list[Line], size: tuple[int, int],
-               margin: int) -> tuple[int, int, int, int]:
+def region_box(region: list[Line], lines: list[Line], size: tuple[int, int], margin: int) -> tuple[int, int, int, int]:
     """Union of the region's ink boxes grown by up to `margin` px, stopping half-way to any other line."""
     x0, y0 = min(l.box[0] for l in region), min(l.box[1] for l in region)
     x1, y1 = max(l.box[2] for l in region), max(l.box[3] for l in region)
@@ -85,13 +84,13 @@ class FineGrainedEngine:
         region = pick_region(rng, page.lines)
         meta = {"lang": lang, "mode": mode, "n_lines": len(region)}
         if mode == "box":
-            box = region_box(rng, region, page.lines, size, margin=rng.randint(0, 6))
+            box = region_box(region, page.lines, size, margin=rng.randint(0, 6))
             query = build_query("plain", box=list(box), image_size=size)
             meta.update(box=list(box), fixed_geometry=True)  # the prompt holds coordinates: no warping augments
         else:
             color = rng.choice(list(COLORS))
             width = rng.randint(2, 4)
-            box = region_box(rng, region, page.lines, size, margin=width + rng.randint(2, 8))
+            box = region_box(region, page.lines, size, margin=width + rng.randint(2, 8))
             room = min(min(l.box[1] for l in region) - box[1], box[3] - max(l.box[3] for l in region),
                        min(l.box[0] for l in region) - box[0], box[2] - max(l.box[2] for l in region))
             width = max(1, min(width, room))  # the frame never covers the region's own ink

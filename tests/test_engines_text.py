@@ -2,7 +2,6 @@
 the stream. The proof that targets match images: Tesseract reads rendered lines back (CER vs our targets)."""
 from __future__ import annotations
 
-import io
 import random
 import shutil
 import subprocess
@@ -199,7 +198,7 @@ def test_fine_grained_box_holds_only_the_region():
     page = layout_page(rng, style, (1000, 1300))
     for _ in range(20):
         region = FG.pick_region(rng, page.lines)
-        bx0, by0, bx1, by1 = FG.region_box(rng, region, page.lines, (1000, 1300), margin=6)
+        bx0, by0, bx1, by1 = FG.region_box(region, page.lines, (1000, 1300), margin=6)
         for l in page.lines:
             inside = bx0 <= l.box[0] and by0 <= l.box[1] and l.box[2] <= bx1 + 1 and l.box[3] <= by1 + 1
             overlap = not (l.box[2] <= bx0 or l.box[0] >= bx1 or l.box[3] <= by0 or l.box[1] >= by1)

@@ -5,11 +5,12 @@ one, held out: a law that only interpolates is no use for deciding what to train
 log space (every run counts the same whatever its error level); c is the irreducible error, kept in [0, min(E)).
 
 A RUN is any of (see docs/evaluation.md, "Run logs"):
-- a `got eval` output directory or its `summary.json` (model parameter count + metrics per system);
-- a training run directory: `metrics.jsonl` from `got train` (cumulative `tokens`, `loss`, optional `params`,
-  `flops`, `eval_*`), with the eval summary in `<run>/eval/summary.json` or `<run>/summary.json`;
-- a flat JSON file `{"name": ..., "params": ..., "tokens": ..., "compute": ..., "edit_distance": ..., "cer": ...}`.
-compute defaults to 6·params·tokens FLOPs (the usual dense-transformer estimate) when no run logs it.
+- a `got train` output directory: `metrics.jsonl` (per-step `loss`), `summary.json` (`tokens_total`), and the
+  result of `got eval --model RUN/checkpoints/.../model --out RUN/eval` in `RUN/eval/summary.json` (parameter
+  count under "model", metrics per system);
+- a `got eval` output directory or its summary.json;
+- a flat JSON file `{"params": ..., "tokens": ..., "compute": ..., "edit_distance": ..., "cer": ..., "loss": ...}`.
+compute defaults to 6·params·tokens FLOPs (the usual dense-transformer estimate) when no run logs `flops`.
 """
 from __future__ import annotations
 
@@ -70,31 +71,39 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _from_summary(point: RunPoint, summary: dict[str, Any], system: str) -> None:
-    """Fill a point from a `got eval` summary.json (or a flat record with the same keys at top level)."""
-    model = summary.get("model", {})
+def _from_json(point: RunPoint, data: dict[str, Any], system: str) -> None:
+    """Fill a point from one JSON object: a `got eval` summary (has "systems"), the trainer's summary.json
+    (has "tokens_total"), or a flat record. Later sources override earlier ones key by key."""
+    model = data.get("model") if isinstance(data.get("model"), dict) else {}  # the trainer's "model" is a path
     for key in X_KEYS:
-        value = model.get(key, summary.get(key))
+        value = model.get(key, data.get(key))
         if value is not None:
             setattr(point, key, float(value))
-    metrics = summary.get("systems", {}).get(system, {}).get("all") if "systems" in summary else summary
-    if metrics is None:
-        raise ValueError(f"run {point.name}: summary has no system {system!r} (has: {', '.join(summary['systems'])})")
+    if data.get("tokens_total") is not None:
+        point.tokens = float(data["tokens_total"])
+    if data.get("flops") is not None:
+        point.compute = float(data["flops"])
+    if "systems" in data:
+        entry = data["systems"].get(system)
+        if entry is None:
+            raise ValueError(f"run {point.name}: eval summary has no system {system!r} "
+                             f"(has: {', '.join(data['systems'])})")
+        metrics = entry.get("all", {})
+    else:
+        metrics = data
     for key in Y_KEYS:
         if isinstance(metrics.get(key), (int, float)):
             point.metrics[key] = float(metrics[key])
 
 
 def _from_train_log(point: RunPoint, rows: list[dict[str, Any]]) -> None:
-    """Fill a point from the trainer's metrics.jsonl: last cumulative tokens, params/flops if logged, and the
+    """Fill a point from the trainer's metrics.jsonl: cumulative tokens and params/flops where logged, and the
     final loss (last eval_loss if any, else the mean of the last 10% of logged training losses, less noisy)."""
     for row in rows:
-        for src, dst in (("params", "params"), ("tokens", "tokens"), ("flops", "compute"), ("compute", "compute")):
+        for src, dst in (("params", "params"), ("tokens", "tokens"), ("tokens_total", "tokens"),
+                         ("flops", "compute")):
             if row.get(src) is not None:
                 setattr(point, dst, float(row[src]))
-        for key in ("edit_distance", "cer"):
-            if row.get(f"eval_{key}") is not None:
-                point.metrics.setdefault(key, float(row[f"eval_{key}"]))
     eval_losses = [r["eval_loss"] for r in rows if r.get("eval_loss") is not None]
     losses = [r["loss"] for r in rows if r.get("loss") is not None]
     if eval_losses:
@@ -105,25 +114,27 @@ def _from_train_log(point: RunPoint, rows: list[dict[str, Any]]) -> None:
 
 
 def load_run(path: str | Path, system: str = "got") -> RunPoint:
-    """One run (directory or JSON file) as a RunPoint; a run with nothing readable is an error naming it."""
+    """One run (directory or JSON file) as a RunPoint; a run with nothing readable is an error naming it.
+
+    In a directory: metrics.jsonl (trainer), then summary.json (trainer's or got eval's), then eval/summary.json
+    (got eval --out RUN/eval), each overriding what the previous ones said.
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"run {path}: no such file or directory")
     point = RunPoint(name=path.stem if path.is_file() else path.name)
     if path.is_file():
-        _from_summary(point, _read_json(path), system)
+        _from_json(point, _read_json(path), system)
     else:
-        found = False
-        if (path / "metrics.jsonl").is_file():
-            _from_train_log(point, _read_jsonl(path / "metrics.jsonl"))
-            found = True
-        for summary in (path / "summary.json", path / "eval" / "summary.json"):
-            if summary.is_file():
-                _from_summary(point, _read_json(summary), system)  # eval metrics override the train log's
-                found = True
-                break
-        if not found:
+        sources = [path / "metrics.jsonl", path / "summary.json", path / "eval" / "summary.json"]
+        if not any(f.is_file() for f in sources):
             raise ValueError(f"run {path}: holds neither metrics.jsonl nor summary.json nor eval/summary.json")
+        for f in sources:
+            if f.is_file():
+                if f.suffix == ".jsonl":
+                    _from_train_log(point, _read_jsonl(f))
+                else:
+                    _from_json(point, _read_json(f), system)
     if point.compute is None and point.params is not None and point.tokens is not None:
         point.compute = 6.0 * point.params * point.tokens
     return point
@@ -188,6 +199,7 @@ def fit_power_law(x: Sequence[float], y: Sequence[float], offset: bool = False) 
             if best is None or sol.cost < best.cost:
                 best = sol
         a_n, b, c = math.exp(best.x[0]), float(best.x[1]), float(best.x[2])
+        c = 0.0 if c < 1e-9 * float(y.min()) else c  # the bound, not a floor: say 0, not 3e-29
     log_pred = np.log(a_n * np.exp(-b * lx) + c)
     return PowerLaw(a=float(a_n * x0**b), b=float(b), c=float(c), r2=_r2(ly, log_pred), n=len(x), offset=offset)
 

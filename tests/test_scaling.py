@@ -56,11 +56,14 @@ def test_bad_inputs_are_clear_errors(tmp_path):
 
 
 def test_run_log_formats(tmp_path):
-    # training run dir: metrics.jsonl (cumulative tokens, loss) + eval/summary.json from `got eval`
+    # `got train` output dir: metrics.jsonl (per-step loss), summary.json (tokens_total, model path),
+    # plus eval/summary.json from `got eval --out RUN/eval` (param count, metrics per system)
     run = tmp_path / "tiny-a"
     (run / "eval").mkdir(parents=True)
-    rows = [{"step": s, "loss": 4.0 - s * 0.1, "tokens": 1000 * s} for s in range(1, 21)]
+    rows = [{"step": s, "loss": 4.0 - s * 0.1} for s in range(1, 21)]
     (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    (run / "summary.json").write_text(json.dumps({"stage": "1", "steps": 20, "tokens_total": 20000,
+                                                  "model": str(run / "checkpoints/step-00000020/model")}))
     (run / "eval" / "summary.json").write_text(json.dumps({
         "model": {"path": "x", "params": 2.5e6},
         "systems": {"got": {"all": {"n": 4, "edit_distance": 0.4, "cer": 0.5}}, "tesseract": {"all": {"cer": 0.1}}},
@@ -70,6 +73,8 @@ def test_run_log_formats(tmp_path):
     assert p.y("edit_distance") == 0.4 and p.y("cer") == 0.5
     assert p.y("loss") == pytest.approx((2.1 + 2.0) / 2)  # mean of the last 10% (2 of 20) losses
     assert S.load_run(run, system="tesseract").y("cer") == 0.1
+    with pytest.raises(ValueError, match="no system 'rapidocr'"):
+        S.load_run(run, system="rapidocr")
     flat = tmp_path / "flat.json"
     flat.write_text(json.dumps({"params": 1e6, "tokens": 1e8, "edit_distance": 0.3}))
     assert S.load_run(flat).compute == 6e14

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from PIL import ImageFont
 
-# family -> (Debian package, candidate files). Index 0 of a .ttc is the Simplified-Chinese face for Noto CJK.
+# family -> (Debian package, candidate files). Noto CJK .ttc collections open on their Simplified-Chinese face.
 FONTS: dict[str, tuple[str, list[str]]] = {
     "sans": ("fonts-dejavu-core", ["truetype/dejavu/DejaVuSans.ttf"]),
     "sans-bold": ("fonts-dejavu-core", ["truetype/dejavu/DejaVuSans-Bold.ttf"]),
@@ -38,7 +38,23 @@ def font_path(family: str) -> str:
                             f"(apt-get install {package})")
 
 
+@functools.lru_cache(maxsize=None)
+def face_index(path: str) -> int:
+    """Face of a .ttc to open: the Simplified-Chinese one for Noto CJK (face 0 there is Japanese)."""
+    if not path.endswith(".ttc"):
+        return 0
+    for i in range(10):
+        try:
+            name = ImageFont.truetype(path, 12, index=i).getname()[0]
+        except OSError:
+            break
+        if name.endswith(" SC"):
+            return i
+    return 0
+
+
 @functools.lru_cache(maxsize=256)
 def load_font(family: str, size: int) -> ImageFont.FreeTypeFont:
     """PIL font at `size` px (cached: loading a CJK .ttc costs ~20 ms)."""
-    return ImageFont.truetype(font_path(family), size=size, index=0)
+    path = font_path(family)
+    return ImageFont.truetype(path, size=size, index=face_index(path))

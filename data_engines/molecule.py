@@ -149,8 +149,6 @@ class MoleculeEngine:
         o.setBackgroundColour(tuple(c / 255 for c in paper(rng)) + (1.0,))
         if rng.random() < 0.5:
             o.useBWAtomPalette()
-        if rng.random() < 0.1:
-            o.comicMode = True
         o.addStereoAnnotation = False
         rdMolDraw2D.PrepareAndDrawMolecule(d, mol)
         d.FinishDrawing()

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from PIL import ImageDraw, ImageFont
 
-from data_engines.fonts import CJK_FAMILIES, LATIN_FAMILIES, font_path
+from data_engines.fonts import CJK_FAMILIES, LATIN_FAMILIES, face_index, font_path
 
 LANGS = ("en", "zh")
 BODY_FAMILIES = {"en": LATIN_FAMILIES, "zh": CJK_FAMILIES}
@@ -193,27 +193,12 @@ def snippet(rng: random.Random, lang: str, max_units: int) -> str:
 
 # ---------------------------------------------------------------------------------------------- fonts and layout
 
-@functools.lru_cache(maxsize=None)
-def _face_index(path: str) -> int:
-    """Face of a .ttc to use: the Simplified-Chinese one for Noto CJK collections (index 0 is Japanese)."""
-    if not path.endswith(".ttc"):
-        return 0
-    for i in range(10):
-        try:
-            name = ImageFont.truetype(path, 12, index=i).getname()[0]
-        except OSError:
-            break
-        if name.endswith(" SC"):
-            return i
-    return 0
-
-
 @functools.lru_cache(maxsize=512)
 def get_font(family: str, size: int) -> ImageFont.FreeTypeFont:
     """A cached PIL font; CJK collections open on their SC face. A missing font names its Debian package.
     BASIC layout: we place glyphs ourselves (no shaping needed for Latin / CJK) and it measures 2-4x faster."""
     path = font_path(family)
-    return ImageFont.truetype(path, size=size, index=_face_index(path), layout_engine=ImageFont.Layout.BASIC)
+    return ImageFont.truetype(path, size=size, index=face_index(path), layout_engine=ImageFont.Layout.BASIC)
 
 
 @functools.lru_cache(maxsize=512)

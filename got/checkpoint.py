@@ -12,6 +12,7 @@ Nothing is ever executed from a checkpoint directory: safetensors, or torch.load
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 from pathlib import Path
@@ -299,8 +300,10 @@ def load_weights(model: GOTModel, sd: dict[str, torch.Tensor], strict: bool = Tr
     if problems and (strict or mismatched):
         raise ValueError(f"{source}: weights do not fit the model; " + "; ".join(problems))
     notes += problems
-    good = {k: v for k, v in sd.items() if k in own and v.shape == own[k].shape}
-    model.load_state_dict(good, strict=False)
+    # assign=True: the loaded tensors BECOME the parameters (cast to the model's dtype first), so peak memory
+    # is one copy of the weights, not two. Tied weights are re-tied by the caller.
+    good = {k: v.to(own[k].dtype) for k, v in sd.items() if k in own and v.shape == own[k].shape}
+    model.load_state_dict(good, strict=False, assign=True)
     return notes
 
 
@@ -340,9 +343,14 @@ def load_model(path: str | Path, config: str | GOTConfig | None = None, dtype: t
     if dtype is None:  # the checkpoint's own dtype, like transformers' dtype="auto"
         floats = [v.dtype for v in sd.values() if v.is_floating_point()]
         dtype = max(set(floats), key=floats.count) if floats else torch.float32
-    with no_init_weights():  # every weight is overwritten below; skip the random init
-        model = GOTModel(cfg)
-    model.to(dtype=dtype)
+    previous = torch.get_default_dtype()
+    try:  # allocate in the target dtype, skip the random init: every weight is overwritten below
+        torch.set_default_dtype(dtype)
+        with no_init_weights() if strict else contextlib.nullcontext():  # non-strict: missing keys keep an init
+            model = GOTModel(cfg)
+    finally:
+        torch.set_default_dtype(previous)
+    model.to(dtype=dtype)  # leaves the fp32 rotary buffers alone (GOTModel._apply)
     load_weights(model, sd, strict=strict, source=str(path))
     model.decoder.tie_weights()
     model.eval()

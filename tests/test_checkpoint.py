@@ -42,6 +42,7 @@ def test_save_load_round_trip(tiny, saved):
     assert "decoder.lm_head.weight" not in load_file(str(saved / "model.safetensors"))  # tied: stored once
     model, tok = load_pretrained(saved)
     assert same_weights(model, tiny) and not model.training
+    assert all(p.requires_grad for p in model.parameters())  # loaded tensors became trainable parameters
     assert model.decoder.lm_head.weight is model.decoder.get_input_embeddings().weight
     assert tok.img_pad_id == model.config.img_pad_id and tok.vocab_size == 16601
     bf16, _ = load_pretrained(saved, dtype=torch.bfloat16)

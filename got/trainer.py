@@ -1,0 +1,660 @@
+"""The one trainer: every stage and fine-tuning run through `train(cfg)`; a stage recipe only builds the model.
+
+    got train --stage 1|2|3|finetune --config configs/stage1.yaml [train.lr=2e-5 data.max_length=2048 ...]
+
+Drives `deepspeed.initialize` directly (no accelerate: it is broken with DeepSpeed on CPU) and runs the same under
+`deepspeed`, `torchrun` or as one plain process. What it fixes relative to the original GOT trainer:
+- frozen modules really are frozen (requires_grad False AND left out of the optimizer) and a trained vision tower
+  is NOT run under no_grad;
+- a bad sample is skipped, counted and logged by path, never replaced by another sample;
+- the loss is the token mean over the whole global batch (not a mean of micro-batch means);
+- checkpoints are atomic (temp dir + rename) and `--resume auto` continues bit-exactly: model, optimizer,
+  scheduler, every rank's RNG and the data position (the global step: the data order is a function of it).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import json
+import logging
+import math
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+log = logging.getLogger("got.train")
+
+# Every key a training config may hold; YAML files and key=value overrides are checked against it.
+DEFAULTS: dict[str, Any] = {
+    "model": {
+        "preset": "tiny",            # configs/model/<preset>.yaml (or a YAML/JSON file) for a fresh model
+        "init_from": None,           # a GOT checkpoint dir (ours, or converted released weights) to start from
+        "encoder_from": None,        # stage 2: take the vision tower from this stage-1 checkpoint
+        "decoder_from": None,        # stage 2: a local HF Qwen2 directory for the decoder (weights + config)
+        "tokenizer": None,           # dir / .tiktoken file; default: the checkpoint's, else the bundled BPE
+        "lora": {"r": 0, "alpha": 16, "dropout": 0.05, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]},
+    },
+    "freeze": [],                    # any of vision_tower, projector, decoder
+    "data": {
+        "sources": [],               # [{json|shards|engine: ..., weight: 1.0, image_root: ..., options: {...}}]
+        "samples_per_epoch": None,   # default: the total size of the finite sources
+        "max_length": 4096,
+        "max_tiles": 6,
+        "packing": False,
+        "num_workers": 2,
+    },
+    "train": {
+        "epochs": 1,
+        "max_steps": None,           # overrides epochs
+        "global_batch_size": 128,
+        "micro_batch_size": 4,
+        "lr": 1.0e-4,
+        "min_lr_ratio": 0.0,
+        "warmup_ratio": 0.001,
+        "warmup_steps": None,        # overrides warmup_ratio
+        "weight_decay": 0.0,         # the original GOT scripts use 0; never applied to biases, norms, embeddings
+        "betas": [0.9, 0.999],
+        "eps": 1.0e-8,
+        "grad_clip": 1.0,
+        "precision": "bf16",         # bf16 | fp16 | fp32
+        "gradient_checkpointing": False,
+        "deepspeed": "configs/deepspeed/zero2.json",
+        "seed": 42,
+    },
+    "output": {
+        "dir": "runs/train",
+        "save_every": 1000,
+        "keep_last": 3,
+        "log_every": 1,
+    },
+}
+MODULES = ("vision_tower", "projector", "decoder")
+CKPT_RE = re.compile(r"^step-(\d+)$")
+
+
+# ---- config --------------------------------------------------------------------------------------------------------
+def _merge(base: dict, new: dict, where: str = "") -> dict:
+    out = copy.deepcopy(base)
+    for k, v in (new or {}).items():
+        if k not in base:
+            raise ValueError(f"unknown config key {where}{k!r} (known: {', '.join(base)})")
+        if isinstance(base[k], dict):
+            if not isinstance(v, dict):
+                raise ValueError(f"config key {where}{k} must be a mapping")
+            out[k] = _merge(base[k], v, f"{where}{k}.")
+        else:
+            out[k] = v
+    return out
+
+
+def resolve_path(p: str | Path) -> Path:
+    """As given (relative to the working dir), else relative to the repository (configs/... work from anywhere)."""
+    p = Path(p).expanduser()
+    return p if p.exists() or p.is_absolute() else (REPO / p if (REPO / p).exists() else p)
+
+
+def _scalar(text: str) -> Any:
+    """YAML value, with `2e-5` read as a number (YAML 1.1 wants `2.0e-5`)."""
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
+
+
+def load_train_config(path: str | Path | None, overrides: list[str] = ()) -> dict[str, Any]:
+    """DEFAULTS <- YAML file <- `a.b=value` overrides (values parsed as YAML: 2e-5, true, [a, b])."""
+    cfg = copy.deepcopy(DEFAULTS)
+    if path is not None:
+        p = resolve_path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"{path}: training config not found")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ValueError(f"{p}: not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{p}: expected a mapping of model / freeze / data / train / output")
+        try:
+            cfg = _merge(cfg, data)
+        except ValueError as e:
+            raise ValueError(f"{p}: {e}") from None
+    for item in overrides:
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ValueError(f"override {item!r}: expected key=value, e.g. train.lr=2e-5")
+        node, parts = cfg, key.split(".")
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                raise ValueError(f"override {item!r}: unknown config key {key!r}")
+            node = node[part]
+        if parts[-1] not in node:
+            raise ValueError(f"override {item!r}: unknown config key {key!r}")
+        node[parts[-1]] = _scalar(value)
+    bad = set(cfg["freeze"]) - set(MODULES)
+    if bad:
+        raise ValueError(f"freeze: unknown modules {sorted(bad)}; choose from {', '.join(MODULES)}")
+    if cfg["train"]["precision"] not in ("bf16", "fp16", "fp32"):
+        raise ValueError(f"train.precision must be bf16, fp16 or fp32, not {cfg['train']['precision']!r}")
+    return cfg
+
+
+# ---- distributed ---------------------------------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed() -> tuple[int, int, int]:
+    """(rank, world, local_rank) under deepspeed / torchrun, or a world of one for a plain process."""
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # must precede `import deepspeed`
+    if "RANK" not in os.environ:
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    import deepspeed
+
+    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+    deepspeed.init_distributed(timeout=datetime.timedelta(minutes=30))
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local)
+    return rank, world, local
+
+
+def _dist():
+    import torch.distributed as dist
+
+    return dist
+
+
+# ---- model surgery --------------------------------------------------------------------------------------------------
+def apply_freeze(model: torch.nn.Module, freeze: list[str]) -> None:
+    """requires_grad False for the named modules; `param_groups` then leaves them out of the optimizer."""
+    for name in MODULES:
+        module = getattr(model, name)
+        if name in freeze:
+            module.requires_grad_(False)
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ValueError(f"freeze: {freeze} leaves nothing to train")
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Trainable parameters only; no decay on biases, norms (1-D), position tables and embeddings."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        plain = p.ndim < 2 or "embed" in name or "pos_embed" in name or "rel_pos" in name or "norm" in name
+        (no_decay if plain else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def warmup_cosine(warmup: int, total: int, min_ratio: float = 0.0):
+    """lr multiplier: linear 0 -> 1 over `warmup` steps, then cosine down to `min_ratio` at `total`."""
+
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        t = min(1.0, (step - warmup) / max(1, total - warmup))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+
+    return f
+
+
+def deepspeed_config(cfg: dict[str, Any], world: int) -> dict[str, Any]:
+    """The ZeRO/offload JSON from configs/deepspeed/ plus the batch, clipping and precision from the YAML."""
+    t = cfg["train"]
+    path = resolve_path(t["deepspeed"])
+    if not path.is_file():
+        raise FileNotFoundError(f"{t['deepspeed']}: DeepSpeed config not found (see configs/deepspeed/)")
+    try:
+        ds = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON: {e}") from None
+    micro, glob_bs = int(t["micro_batch_size"]), int(t["global_batch_size"])
+    if glob_bs % (micro * world):
+        raise ValueError(f"train.global_batch_size {glob_bs} is not a multiple of micro_batch_size {micro} x "
+                         f"{world} ranks")
+    ds.update(train_batch_size=glob_bs, train_micro_batch_size_per_gpu=micro,
+              gradient_accumulation_steps=glob_bs // (micro * world), gradient_clipping=float(t["grad_clip"] or 0),
+              bf16={"enabled": t["precision"] == "bf16"}, fp16={"enabled": t["precision"] == "fp16"},
+              steps_per_print=10**9, wall_clock_breakdown=False)
+    ds.setdefault("zero_allow_untested_optimizer", True)
+    return ds
+
+
+# ---- checkpoints ---------------------------------------------------------------------------------------------------
+def list_checkpoints(root: Path) -> list[Path]:
+    """COMPLETE checkpoints, oldest first: a `step-N` dir (renamed from its temp dir) holding trainer_state.json."""
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := CKPT_RE.match(p.name)) and p.is_dir()
+             and (p / "trainer_state.json").is_file()]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    found = list_checkpoints(root)
+    return found[-1] if found else None
+
+
+def _rng_state() -> dict[str, Any]:
+    st, pos, has_gauss, gauss = np.random.get_state()[1:]
+    state = {"python": random.getstate(), "numpy": [st.tolist(), int(pos), int(has_gauss), float(gauss)],
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    st, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state(("MT19937", np.array(st, dtype=np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _fault(kind: str, step: int) -> None:
+    """Fault injection for resume drills: GOT_TRAIN_KILL_AT=step:N (after step N) or save:N (mid-checkpoint)."""
+    if os.environ.get("GOT_TRAIN_KILL_AT") == f"{kind}:{step}":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def export_model(engine, model, tokenizer, out: Path, rank: int) -> None:
+    """Inference-ready weights (safetensors + config + tokenizer); gathers ZeRO-3 shards, merges LoRA."""
+    import deepspeed
+
+    from got.checkpoint import save_pretrained
+
+    params = list(model.parameters())
+    gather = deepspeed.zero.GatheredParameters(params, modifier_rank=None) if engine.zero_optimization_stage() == 3 \
+        else _nullcontext()
+    with gather:
+        if rank == 0:
+            if hasattr(model.decoder, "merge_and_unload"):  # LoRA: export a merged copy, keep training the adapter
+                model = copy.deepcopy(model)
+                model.decoder = model.decoder.merge_and_unload()
+            save_pretrained(model, out, tokenizer=tokenizer)
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def save_checkpoint(engine, model, tokenizer, root: Path, step: int, state: dict[str, Any], rank: int,
+                    keep_last: int) -> Path:
+    """temp dir -> DeepSpeed state + per-rank RNG + export + trainer_state.json (last) -> atomic rename."""
+    dist = _dist()
+    final, tmp = root / f"step-{step:08d}", root / f".tmp-step-{step:08d}"
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    dist.barrier()
+    engine.save_checkpoint(str(tmp), tag="deepspeed", client_state={"trainer": state}, save_latest=False)
+    (tmp / "rng").mkdir(exist_ok=True)
+    torch.save(_rng_state(), tmp / "rng" / f"rank{rank}.pt")
+    _fault("save", step)
+    export_model(engine, model, tokenizer, tmp / "model", rank)
+    dist.barrier()
+    if rank == 0:
+        (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2) + "\n")
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        for old in list_checkpoints(root)[:-keep_last] if keep_last > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+    dist.barrier()
+    return final
+
+
+# ---- logging -------------------------------------------------------------------------------------------------------
+class RunLog:
+    """Rank 0: train.log, metrics.jsonl, TensorBoard (if installed), tqdm bar, loss-curve PNG at the end."""
+
+    def __init__(self, out: Path, rank: int, total_steps: int, start_step: int):
+        self.out, self.rank, self.active = out, rank, rank == 0
+        self.tb = self.bar = None
+        if not self.active:
+            return
+        out.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(out / "train.log")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        console = logging.StreamHandler(sys.stderr)
+        console.setFormatter(logging.Formatter("[got train] %(message)s"))
+        console.setLevel(logging.WARNING)
+        log.addHandler(console)
+        # On resume keep only the metrics up to the resumed step, so the curve has no doubled stretch.
+        self.metrics_path = out / "metrics.jsonl"
+        if self.metrics_path.exists():
+            rows = [r for r in self._read() if r["step"] <= start_step]
+            self.metrics_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(out / "tensorboard"), purge_step=start_step + 1)
+        except ImportError:
+            pass
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
+
+    def _read(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
+
+    def step(self, row: dict[str, Any], write: bool) -> None:
+        if not self.active:
+            return
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}",
+                             samples_s=f"{row['samples_per_s']:.1f}", tokens_s=f"{row['tokens_per_s']:.0f}")
+        if write:
+            with self.metrics_path.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+            if self.tb is not None:
+                for k in ("loss", "lr", "grad_norm", "samples_per_s", "tokens_per_s", "skipped_total"):
+                    if row.get(k) is not None:
+                        self.tb.add_scalar(f"train/{k}", row[k], row["step"])
+
+    def close(self) -> None:
+        if not self.active:
+            return
+        self.bar.close()
+        if self.tb is not None:
+            self.tb.close()
+        rows = self._read() if self.metrics_path.exists() else []
+        if rows:
+            plot_loss(rows, self.out / "loss.png")
+
+
+def plot_loss(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps, loss = [r["step"] for r in rows], [r["loss"] for r in rows]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(steps, loss, lw=0.8, alpha=0.4, label="loss")
+    k = max(1, len(loss) // 50)
+    if k > 1:
+        smooth = np.convolve(loss, np.ones(k) / k, mode="valid")
+        ax.plot(steps[k - 1:], smooth, lw=1.6, label=f"mean of {k}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (token mean)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax2 = ax.twinx()
+    ax2.plot(steps, [r["lr"] for r in rows], color="gray", lw=0.8, ls="--")
+    ax2.set_ylabel("lr", color="gray")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ---- the loop ------------------------------------------------------------------------------------------------------
+def _token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Sum of next-token cross entropies over supervised positions (fp32)."""
+    return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
+                                             ignore_index=-100, reduction="sum")
+
+
+def _to(batch: dict[str, Any], device) -> dict[str, Any]:
+    keys = ("input_ids", "labels", "pixel_values", "attention_mask", "position_ids")
+    return {k: batch[k].to(device) if isinstance(batch.get(k), torch.Tensor) else batch.get(k) for k in keys}
+
+
+def _dummy_batch(cfg_model) -> dict[str, Any]:
+    """One blank image and its image block, all labels -100: lets a rank whose samples were all skipped join the
+    collective backward with zero gradients (no sample is substituted: nothing here is supervised)."""
+    c = cfg_model
+    ids = [c.img_start_id] + [c.img_pad_id] * c.image_token_len + [c.img_end_id]
+    return {"input_ids": torch.tensor([ids]), "labels": torch.full((1, len(ids)), -100),
+            "pixel_values": torch.zeros(1, 3, c.image_size, c.image_size), "attention_mask": torch.ones(1, len(ids),
+                                                                                                        dtype=torch.long),
+            "position_ids": None}
+
+
+def _fingerprint(engine, model: torch.nn.Module) -> float:
+    """A cheap checksum of all weights, to confirm every rank holds the same model at the end."""
+    import deepspeed
+
+    params = list(model.parameters())
+    with (deepspeed.zero.GatheredParameters(params) if engine.zero_optimization_stage() == 3 else _nullcontext()):
+        return float(sum(p.detach().double().sum() + p.detach().double().abs().sum() * 1e-3 for p in params))
+
+
+def train(cfg: dict[str, Any], stage: str, resume: str | None = None) -> Path:
+    """Run one training job; returns the final checkpoint directory."""
+    rank, world, local = init_distributed()
+    import deepspeed
+
+    from got.data import Collator, MixedDataset, SampleEncoder, StepSampler, build_source
+    from stages import get_recipe
+
+    t, d, o = cfg["train"], cfg["data"], cfg["output"]
+    out = Path(o["dir"])
+    ckpt_root = out / "checkpoints"
+    seed = int(t["seed"])
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+    # model: the stage recipe says what to build / load; freezing is data in the config
+    model, tokenizer = get_recipe(stage).build(cfg)
+    apply_freeze(model, cfg["freeze"])
+    if t["gradient_checkpointing"]:
+        model.gradient_checkpointing_enable()
+    mcfg = model.config
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+    # data: a deterministic function of (seed, step)
+    encoder = SampleEncoder(tokenizer, mcfg.image_size, mcfg.image_token_len, int(d["max_length"]),
+                            int(d["max_tiles"]))
+    sources = [build_source(s, seed, i) for i, s in enumerate(d["sources"])]
+    if d["packing"] and mcfg.decoder_type != "qwen2":
+        raise ValueError("data.packing needs a decoder that separates packed samples by position_ids (qwen2)")
+    dataset = MixedDataset(sources, [float(s.get("weight", 1.0)) for s in d["sources"]], encoder,
+                           d["samples_per_epoch"], seed)
+    ds_cfg = deepspeed_config(cfg, world)
+    micro, accum = ds_cfg["train_micro_batch_size_per_gpu"], ds_cfg["gradient_accumulation_steps"]
+    steps_per_epoch = len(dataset) // ds_cfg["train_batch_size"]
+    if steps_per_epoch == 0:
+        raise ValueError(f"an epoch of {len(dataset)} samples is smaller than one global batch "
+                         f"({ds_cfg['train_batch_size']}); lower train.global_batch_size or add data")
+    total = int(t["max_steps"] or steps_per_epoch * int(t["epochs"]))
+    warmup = int(t["warmup_steps"] if t["warmup_steps"] is not None else round(total * float(t["warmup_ratio"])))
+
+    # optimizer + schedule + engine
+    offload = ds_cfg.get("zero_optimization", {}).get("offload_optimizer", {}).get("device", "none") != "none"
+    opt_kw = dict(lr=float(t["lr"]), betas=tuple(t["betas"]), eps=float(t["eps"]))
+    if offload:
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        def make_opt(groups):
+            return DeepSpeedCPUAdam(groups, adamw_mode=True, **opt_kw)
+    else:
+        def make_opt(groups):
+            return torch.optim.AdamW(groups, **opt_kw)
+    schedule = warmup_cosine(warmup, total, float(t["min_lr_ratio"]))
+    engine, optimizer, _, scheduler = deepspeed.initialize(
+        model=model, model_parameters=param_groups(model, float(t["weight_decay"])), optimizer=make_opt,
+        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule), config=ds_cfg)
+    device = engine.device
+
+    # resume
+    step, skipped_total, samples_total, tokens_total = 0, 0, 0, 0
+    ckpt = None
+    if resume:
+        ckpt = latest_checkpoint(ckpt_root) if resume == "auto" else Path(resume)
+        if resume != "auto" and not (ckpt / "trainer_state.json").is_file():
+            raise FileNotFoundError(f"{ckpt}: not a complete checkpoint (no trainer_state.json)")
+    if ckpt is not None:
+        engine.load_checkpoint(str(ckpt), tag="deepspeed", load_optimizer_states=True, load_lr_scheduler_states=True)
+        state = json.loads((ckpt / "trainer_state.json").read_text())
+        step, skipped_total = state["step"], state["skipped_total"]
+        samples_total, tokens_total = state["samples_total"], state["tokens_total"]
+        rng = ckpt / "rng" / f"rank{rank}.pt"
+        if not rng.is_file():
+            raise ValueError(f"{ckpt}: no RNG state for rank {rank} (was it saved with {world} ranks?)")
+        _set_rng_state(torch.load(rng, weights_only=True))
+        if state.get("world_size") != world:
+            log.warning("resuming %d-rank checkpoint on %d ranks: data order continues, dropout RNG differs",
+                        state.get("world_size"), world)
+
+    runlog = RunLog(out, rank, total, step)
+    if rank == 0:
+        (out / "config.yaml").write_text(yaml.safe_dump({"stage": stage, **cfg}, sort_keys=False))
+        for stale in ckpt_root.glob(".tmp-step-*") if ckpt_root.is_dir() else []:
+            shutil.rmtree(stale, ignore_errors=True)  # half-written by a killed run: never used
+        log.info("%s stage %s: %s parameters trained (%s frozen), %d ranks x micro %d x accum %d = %d/step, "
+                 "%d steps (%d/epoch), warmup %d, lr %g, ds %s", "resumed" if ckpt else "start", stage,
+                 f"{n_train:,}", cfg["freeze"] or "nothing", world, micro, accum, ds_cfg["train_batch_size"],
+                 total, steps_per_epoch, warmup, t["lr"], t["deepspeed"])
+        if ckpt:
+            log.info("resumed from %s at step %d", ckpt, step)
+
+    sampler = StepSampler(len(dataset), micro, accum, world, rank, seed, start_step=step, total_steps=total)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_sampler=sampler, collate_fn=Collator(tokenizer.endoftext_id, int(d["max_length"]),
+                                                            bool(d["packing"])),
+        num_workers=int(d["num_workers"]), prefetch_factor=4 if d["num_workers"] else None,
+        generator=torch.Generator().manual_seed(seed))  # its own generator: the global RNG stays the resumed one
+    batches = iter(loader)
+    dist = _dist()
+    plain_grads = engine.zero_optimization_stage() == 0 and t["precision"] == "fp32"
+    engine.train()
+    last_save = step
+    t_prev = time.perf_counter()
+    while step < total:
+        micro_batches = [next(batches) for _ in range(accum)]
+        # global counts first: the loss is normalised by the supervised tokens of the WHOLE global batch
+        local = torch.tensor([sum(int((b["labels"][:, 1:] != -100).sum()) if b["num_samples"] else 0
+                                  for b in micro_batches),
+                              sum(b.get("num_tokens", 0) for b in micro_batches),
+                              sum(b["num_samples"] for b in micro_batches),
+                              sum(len(b["skipped"]) for b in micro_batches)], dtype=torch.float64)
+        dist.all_reduce(local)
+        n_sup, n_tok, n_samples, n_skip = (int(x) for x in local.tolist())
+        if n_skip:
+            skips = [s for b in micro_batches for s in b["skipped"]]
+            gathered = [None] * world
+            dist.all_gather_object(gathered, skips)
+            if rank == 0:
+                for origin, reason in (s for g in gathered for s in g):
+                    log.warning("skipped sample %s: %s", origin, reason)
+        norm = max(n_sup, 1) / (accum * world)  # DeepSpeed divides by accum and averages over ranks
+        lr = float(scheduler.get_last_lr()[0])
+        loss_sum = torch.zeros((), dtype=torch.float64)
+        grad_norm = None
+        for a, b in enumerate(micro_batches):
+            inputs = _to(b if b["num_samples"] else _dummy_batch(mcfg), device)
+            labels = inputs.pop("labels")
+            logits = engine(**inputs, use_cache=False).logits  # no KV cache in training (and packing needs none)
+            ce = _token_loss_sum(logits, labels)
+            engine.backward(ce / norm)
+            if a == accum - 1 and plain_grads:  # ZeRO-0 fp32 does not report the norm: measure it before the step
+                grad_norm = float(torch.nn.utils.get_total_norm([p.grad for p in model.parameters()
+                                                                 if p.grad is not None]))
+            engine.step()
+            loss_sum += ce.detach().double().cpu()
+        dist.all_reduce(loss_sum)
+        step += 1
+        skipped_total += n_skip
+        samples_total += n_samples
+        tokens_total += n_tok
+        now = time.perf_counter()
+        dt, t_prev = now - t_prev, now
+        if grad_norm is None:
+            grad_norm = engine.get_global_grad_norm()
+        row = {"step": step, "epoch": (step - 1) // steps_per_epoch, "loss": float(loss_sum) / max(n_sup, 1),
+               "lr": lr,
+               "grad_norm": None if grad_norm is None else float(grad_norm),
+               "samples": n_samples, "samples_per_s": n_samples / dt, "tokens_per_s": n_tok / dt,
+               "skipped": n_skip, "skipped_total": skipped_total, "time": time.time()}
+        runlog.step(row, write=step % int(o["log_every"]) == 0 or step == total)
+        _fault("step", step)
+        if step % int(o["save_every"]) == 0 or step == total:
+            state = {"step": step, "total_steps": total, "epoch": (step - 1) // steps_per_epoch,
+                     "skipped_total": skipped_total, "samples_total": samples_total, "tokens_total": tokens_total,
+                     "world_size": world, "stage": stage, "loss": row["loss"]}
+            path = save_checkpoint(engine, model, tokenizer, ckpt_root, step, state, rank, int(o["keep_last"]))
+            last_save = step
+            if rank == 0:
+                log.info("step %d: loss %.4f, checkpoint %s (skipped so far: %d)", step, row["loss"], path,
+                         skipped_total)
+
+    # end: every rank must hold the same weights; say so in the log and in summary.json
+    prints = [None] * world
+    dist.all_gather_object(prints, _fingerprint(engine, model))
+    final = ckpt_root / f"step-{last_save:08d}"
+    runlog.close()
+    if rank == 0:
+        same = all(p == prints[0] for p in prints)
+        summary = {"stage": stage, "steps": step, "final_checkpoint": str(final), "model": str(final / "model"),
+                   "skipped_total": skipped_total, "samples_total": samples_total, "tokens_total": tokens_total,
+                   "world_size": world, "rank_fingerprints": prints, "ranks_identical": same}
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        log.info("done: %d steps, %d samples, %d bad samples skipped; weights identical on all %d ranks: %s; "
+                 "inference-ready model: %s", step, samples_total, skipped_total, world, same, final / "model")
+        print(f"[got train] done: {step} steps, {skipped_total} bad samples skipped (see {out / 'train.log'}); "
+              f"model: {final / 'model'}", file=sys.stderr)
+    dist.barrier()
+    return final
+
+
+# ---- CLI -----------------------------------------------------------------------------------------------------------
+STAGES = ("1", "2", "3", "finetune")
+
+
+def add_cli(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--stage", required=True, choices=STAGES, help="which recipe (stages/): 1, 2, 3 or finetune")
+    p.add_argument("--config", help="training YAML (default: configs/stage<N>.yaml or configs/finetune.yaml)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.lr=2e-5")
+    p.add_argument("--resume", metavar="auto|PATH", help="'auto': the newest complete checkpoint in the output dir")
+    p.add_argument("--from", dest="init_from", metavar="PATH", help="start from this GOT checkpoint (model.init_from)")
+    p.add_argument("--data", action="append", metavar="JSON", help="train on this GOT/ms-swift json (repeatable)")
+    p.add_argument("--image-root", help="folder the --data image paths are relative to (default: the json's)")
+    p.add_argument("--output", help="output dir (output.dir)")
+    p.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)  # passed by `deepspeed`
+
+
+def cli_main(args: argparse.Namespace) -> int:
+    config = args.config or (f"configs/{'finetune' if args.stage == 'finetune' else 'stage' + args.stage}.yaml")
+    overrides = list(args.overrides)
+    if args.init_from:
+        overrides.append(f"model.init_from={json.dumps(args.init_from)}")
+    if args.output:
+        overrides.append(f"output.dir={json.dumps(args.output)}")
+    cfg = load_train_config(config, overrides)
+    if args.data:
+        cfg["data"]["sources"] = [{"json": p, **({"image_root": args.image_root} if args.image_root else {})}
+                                  for p in args.data]
+        cfg["data"]["samples_per_epoch"] = None
+    train(cfg, args.stage, resume=args.resume)
+    return 0

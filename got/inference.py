@@ -319,6 +319,10 @@ class GOT:
 
         source = _source_name(item, index)
         t0 = time.perf_counter()
+        try:
+            build_query(mode)  # an unknown mode fails here, before any file is read
+        except ValueError as e:
+            raise ValueError(f"{source}: {e}") from None
         if crop and multi_page:
             raise ValueError(f"{source}: crop (multi-crop) and multi_page cannot be combined")
         if (box is not None or color is not None) and (crop or multi_page):

@@ -155,12 +155,12 @@ def test_repetition_guard():
     # A loop under no_repeat_ngram_size=20: one token changed every 20, the rest repeats (period 30).
     line = rng.integers(100, 16000, 30).tolist()
     near = prompt + [t if i % 20 else int(rng.integers(100, 16000)) for i, t in enumerate(line * 40)][:1000]
-    guard = RepetitionGuard()
-    fired_at = [None] * 3
-    for length in range(601, 1601):
-        done = guard(torch.tensor([loop[:length], varied[:length], near[:length]]), None)
-        fired_at = [f if f is not None or not d else length - 600 for f, d in zip(fired_at, done.tolist())]
-    assert fired_at[0] == 512 and fired_at[1] is None and fired_at[2] is not None
+    guard = RepetitionGuard()  # window 512: it can only fire once 512 tokens were generated
+    rows = lambda n: torch.tensor([loop[:n], varied[:n], near[:n]])  # noqa: E731
+    assert guard(rows(601), None).tolist() == [False] * 3  # first call: learns the prompt length
+    assert guard(rows(600 + 511), None).tolist() == [False] * 3
+    assert guard(rows(600 + 512), None).tolist() == [True, False, True]
+    assert guard(rows(1600), None).tolist() == [True, False, True]
     assert guard.fired.tolist() == [True, False, True]
 
 

@@ -148,6 +148,18 @@ def test_peers_read_the_box_region(tmp_path):
     assert text == "Second line below"
 
 
+def test_reading_order_columns_and_segments():
+    heading = (0, 0, 400, 20)
+    col1 = [(0, 40, 180, 55), (0, 60, 170, 75), (0, 80, 185, 95)]
+    col2 = [(220, 40, 400, 55), (220, 60, 390, 75)]  # the right column ends a line early
+    footer = [(0, 120, 150, 135), (160, 121, 400, 136)]  # one line, two boxes 10 px apart: one segment
+    table = [(0, 160, 60, 175), (300, 160, 400, 175)]  # a gap of 240 px > 2 x height: two segments
+    lines = E.reading_order([*col2, footer[1], *table, heading, *col1, footer[0]])
+    assert lines == [[[heading]], [[col1[0]]], [[col1[1]]], [[col1[2]]], [[col2[0]]], [[col2[1]]],
+                     [footer], [[table[0]], [table[1]]]]
+    assert E.reading_order([]) == []
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """Three tiny models (decoder width 32 / 64 / 128) trained 6 steps on the rendered English lines."""

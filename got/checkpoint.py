@@ -83,6 +83,8 @@ def to_ours(sd: dict[str, torch.Tensor], layout: str | None = None) -> dict[str,
     layout = layout or detect_layout(sd)
     out = {}
     for k, v in sd.items():
+        if k.endswith("rotary_emb.inv_freq"):  # older Qwen2 checkpoints store this derived buffer
+            continue
         if layout == "ours":
             new = k
         elif layout == "original":

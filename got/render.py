@@ -49,11 +49,10 @@ def latex_to_mathml(latex: str, display: bool = False) -> str:
         return f'<code class="render-error math">{html.escape(latex)}</code>'
 
 
-# Display math first so `\[` is not read as text; `$$` before `$`. Single `$` is only used inside tabular
+# Display math first so `\[` is not read as text. Single `$` is only read as math inside tabular
 # cells (LaTeX tables write math that way); in running text a `$` is far more often a price.
 _DISPLAY_MATH = re.compile(r"\\\[(.+?)\\\]|\$\$(.+?)\$\$", re.S)
 _INLINE_MATH = re.compile(r"\\\((.+?)\\\)", re.S)
-_DOLLAR_MATH = re.compile(r"(?<!\\)\$(.+?)(?<!\\)\$", re.S)
 
 
 # ---- LaTeX tables ----------------------------------------------------------------------------------------

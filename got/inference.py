@@ -247,7 +247,7 @@ def _is_pdf(item) -> bool:
 class GOT:
     """A loaded model + tokenizer + image processor, with GOT's chat modes on top."""
 
-    def __init__(self, model, tokenizer, dtype: torch.dtype | None = None):
+    def __init__(self, model, tokenizer, dtype: torch.dtype | None = None, int8: bool = False):
         from got.processor import ImageProcessor
 
         self.model = model.eval()
@@ -255,6 +255,8 @@ class GOT:
         self.config = model.config
         self.device = model.device
         self.dtype = dtype or model.dtype
+        # CPU bf16: autocast catches any fp32 leftovers; never with int8, whose kernels take fp32 inputs.
+        self.autocast = self.device.type == "cpu" and self.dtype == torch.bfloat16 and not int8
         self.processor = ImageProcessor(image_size=self.config.image_size)
         self.stop_ids = [tokenizer.im_end_id, tokenizer.endoftext_id]
         # Passed to transformers' generate(); single-image prompts add no_repeat_ngram_size (GOT's 20).
@@ -300,7 +302,7 @@ class GOT:
             model.projector.to(dtype)
         else:
             model, tokenizer = load_pretrained(path, dtype=dtype, device=device)
-        return cls(model, tokenizer, dtype=dtype)
+        return cls(model, tokenizer, dtype=dtype, int8=int8)
 
     # ---- inputs -> prompts -----------------------------------------------------------------------------------
     def prepare(self, item: ImageLike | Sequence[ImageLike], *, mode: str = "plain", box: Sequence[float] | None = None,
@@ -433,9 +435,7 @@ class GOT:
         return answers  # type: ignore[return-value]
 
     def _autocast(self):
-        if self.device.type == "cpu" and self.dtype == torch.bfloat16:
-            return torch.autocast("cpu", dtype=torch.bfloat16)
-        return nullcontext()
+        return torch.autocast("cpu", dtype=torch.bfloat16) if self.autocast else nullcontext()
 
     @torch.inference_mode()
     def _generate_batch(self, batch: list[Prompt], max_new_tokens: int, streamer: BaseStreamer | None = None,

@@ -290,6 +290,10 @@ def test_cli_stream_and_missing_model(model_dir, files, tmp_path, capsys):
     streamed = capsys.readouterr().out
     got = GOT.from_pretrained(model_dir, dtype="float32")
     assert rc == 0 and streamed == got.chat(files / "b.jpg", box=[0, 0, 128, 128], max_new_tokens=NEW) + "\n"
+    rc = got_main(["chat", str(files / "b.jpg"), "--model", str(model_dir), "--color", "blue", "--int8",
+                   "--max-new-tokens", "4"])  # no --out: JSON lines on stdout
+    [line] = capsys.readouterr().out.splitlines()
+    assert rc == 0 and json.loads(line)["mode"] == "plain+color" and json.loads(line)["tokens"] == 4
     rc = got_main(["chat", str(files / "b.jpg"), "--model", str(tmp_path / "no_model")])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1 and len(err) == 1 and "no_model: model directory not found" in err[0]

@@ -231,7 +231,7 @@ _LATEX_HEADINGS = [(re.compile(r"\\title\{([^{}]*)\}"), "# "), (re.compile(r"\\s
 def _markdown(text: str) -> str:
     try:
         from markdown_it import MarkdownIt
-    except ImportError:  # pragma: no cover - markdown-it-py comes with rich/transformers' CLI extras
+    except ImportError:  # pragma: no cover - markdown-it-py comes with transformers (typer -> rich)
         return "\n".join(f"<p>{html.escape(p)}</p>" for p in text.split("\n\n"))
     md = MarkdownIt("commonmark", {"html": False, "breaks": True}).enable("table").enable("strikethrough")
     return md.render(text)

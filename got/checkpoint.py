@@ -458,9 +458,36 @@ def export_hf(model: GOTModel, directory: str | Path, tokenizer=None, max_shard_
     directory.mkdir(parents=True, exist_ok=True)
     (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
     save_state_dict(from_ours(_own_state_dict(model), "hf"), directory, max_shard_bytes)
+    _write_hf_processor(model.config, directory)
     if tokenizer is not None:
-        tokenizer.save(directory)
+        _write_hf_tokenizer(tokenizer, model.config, directory)
     return directory
+
+
+def _write_hf_processor(cfg: GOTConfig, directory: Path) -> None:
+    """preprocessor_config.json: GOT's resize + CLIP normalisation at the model's image size."""
+    from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
+
+    GotOcr2ImageProcessorPil(size={"height": cfg.image_size, "width": cfg.image_size}).save_pretrained(directory)
+
+
+def _write_hf_tokenizer(tokenizer, cfg: GOTConfig, directory: Path) -> None:
+    """tokenizer.json (a byte-level BPE converted from the tiktoken ranks; same ids) + a transformers
+    tokenizer_config.json. The ranks file stays too, so `GOTTokenizer.from_dir` still reads the directory."""
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    from got.tokenizer import ENDOFTEXT, PAT_STR
+
+    tokenizer.save(directory)
+    ranks_file = json.loads((directory / "tokenizer_config.json").read_text())["ranks_file"]
+    (directory / "tokenizer_config.json").unlink()
+    converted = TikTokenConverter(vocab_file=str(directory / ranks_file), pattern=PAT_STR,
+                                  extra_special_tokens=tokenizer.special_tokens).converted()
+    fast = PreTrainedTokenizerFast(tokenizer_object=converted, bos_token=ENDOFTEXT, eos_token=ENDOFTEXT,
+                                   pad_token=ENDOFTEXT, model_max_length=cfg.hf_decoder_config().max_position_embeddings,
+                                   clean_up_tokenization_spaces=False)
+    fast.save_pretrained(directory)
 
 
 # ---- got convert ---------------------------------------------------------------------------------------------

@@ -158,3 +158,26 @@ def test_got_convert_cli(tiny, saved, tmp_path, capsys):
     assert "net_3 has 256 channels" in capsys.readouterr().err
     assert got_main(["convert", "--from", str(tmp_path / "nope"), "--to", str(tmp_path / "x")]) == 1
     assert "no such checkpoint" in capsys.readouterr().err
+
+
+def test_export_to_transformers_with_tokenizer_and_image_processor(tmp_path):
+    """A got_ocr2-expressible tiny model (net_3 = decoder width) goes to transformers with a working tokenizer."""
+    from transformers import AutoImageProcessor, AutoTokenizer, GotOcr2ForConditionalGeneration
+
+    cfg = load_config("tiny")
+    cfg.vision.out_channels = 128
+    torch.manual_seed(0)
+    model = GOTModel(cfg).eval()
+    tok = GOTTokenizer.default()
+    export_hf(model, tmp_path, tokenizer=tok)
+    hf_tok = AutoTokenizer.from_pretrained(tmp_path)
+    text = "<|im_start|>user\n<img><imgpad></img>\nOCR: 第1页 Hello, world 12345<|im_end|>"
+    assert hf_tok(text, add_special_tokens=False)["input_ids"] == tok.encode(text)
+    assert hf_tok.eos_token_id == tok.endoftext_id == hf_tok.pad_token_id
+    assert AutoImageProcessor.from_pretrained(tmp_path).size["height"] == 256
+    assert GOTTokenizer.from_dir(tmp_path).vocab_size == tok.vocab_size  # our loader still reads the directory
+    hf = GotOcr2ForConditionalGeneration.from_pretrained(tmp_path).eval()
+    ids = torch.tensor([tok.encode("<|im_start|>user\n<img>" + "<imgpad>" * 16 + "</img>\nOCR: ")])
+    pixels = torch.randn(1, 3, 256, 256)
+    with torch.no_grad():
+        assert torch.allclose(hf(input_ids=ids, pixel_values=pixels).logits, model(ids, pixels).logits, atol=1e-4)

@@ -27,6 +27,7 @@ import signal
 import socket
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -169,6 +170,7 @@ def init_distributed() -> tuple[int, int, int]:
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    warnings.filterwarnings("ignore", message=".*all_gather_into_tensor.* is deprecated")  # DeepSpeed's ZeRO calls
     import deepspeed
 
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)

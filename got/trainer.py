@@ -277,21 +277,37 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def _config_changes(saved: Path, cfg: dict[str, Any]) -> list[str]:
+    """Keys whose values differ from the run's saved config.yaml (output.* aside)."""
+    if not saved.is_file():
+        return []
+    old, new = _flat(yaml.safe_load(saved.read_text()) or {}), _flat(json.loads(json.dumps(cfg)))
+    return sorted(k for k in old.keys() | new.keys() if not k.startswith("output.") and old.get(k) != new.get(k))
+
+
 def _fault(kind: str, step: int) -> None:
     """Fault injection for resume drills: GOT_TRAIN_KILL_AT=step:N (after step N) or save:N (mid-checkpoint)."""
     if os.environ.get("GOT_TRAIN_KILL_AT") == f"{kind}:{step}":
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def export_model(engine, model, tokenizer, out: Path, rank: int) -> None:
+def export_model(model, tokenizer, out: Path, rank: int = 0, zero3: bool = False) -> None:
     """Inference-ready weights (safetensors + config + tokenizer); gathers ZeRO-3 shards, merges LoRA."""
-    import deepspeed
-
     from got.checkpoint import save_pretrained
 
-    params = list(model.parameters())
-    gather = deepspeed.zero.GatheredParameters(params, modifier_rank=None) if engine.zero_optimization_stage() == 3 \
-        else _nullcontext()
+    if zero3:
+        import deepspeed
+
+        gather = deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None)
+    else:
+        gather = _nullcontext()
     with gather:
         if rank == 0:
             if hasattr(model.decoder, "merge_and_unload"):  # LoRA: export a merged copy, keep training the adapter
@@ -321,7 +337,7 @@ def save_checkpoint(engine, model, tokenizer, root: Path, step: int, state: dict
     (tmp / "rng").mkdir(exist_ok=True)
     torch.save(_rng_state(), tmp / "rng" / f"rank{rank}.pt")
     _fault("save", step)
-    export_model(engine, model, tokenizer, tmp / "model", rank)
+    export_model(model, tokenizer, tmp / "model", rank, zero3=engine.zero_optimization_stage() == 3)
     dist.barrier()
     if rank == 0:
         (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2) + "\n")
@@ -421,9 +437,31 @@ def plot_loss(rows: list[dict[str, Any]], path: Path) -> None:
 
 # ---- the loop ------------------------------------------------------------------------------------------------------
 def _token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Sum of next-token cross entropies over supervised positions (fp32)."""
+    """Sum of next-token cross entropies over supervised positions (fp32), from full logits (reference)."""
     return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
                                              ignore_index=-100, reduction="sum")
+
+
+class TokenLoss(torch.nn.Module):
+    """What DeepSpeed trains: the GOTModel plus its loss, with logits computed ONLY where a label is supervised.
+
+    GOT's prompt (system text, 256 image tokens per tile, the query) and the padding are never targets, so the
+    largest matmul of a step (hidden x vocab) and the fp32 logits (8192 x 151860 x 4 B = 5 GB per sample at
+    stage 3) are skipped for them. Returns the summed cross entropy; the caller normalises over the global batch.
+    """
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, labels, pixel_values=None, attention_mask=None, position_ids=None):
+        embeds = self.model.embed(input_ids, pixel_values)
+        hidden = self.model.decoder.get_decoder()(inputs_embeds=embeds, attention_mask=attention_mask,
+                                                  position_ids=position_ids, use_cache=False).last_hidden_state
+        target = labels[:, 1:]
+        keep = target != -100
+        logits = self.model.decoder.get_output_embeddings()(hidden[:, :-1][keep])
+        return torch.nn.functional.cross_entropy(logits.float(), target[keep], reduction="sum")
 
 
 def _to(batch: dict[str, Any], device) -> dict[str, Any]:
@@ -505,7 +543,7 @@ def train(cfg: dict[str, Any], stage: str, resume: str | None = None) -> Path:
             return torch.optim.AdamW(groups, **opt_kw)
     schedule = warmup_cosine(warmup, total, float(t["min_lr_ratio"]))
     engine, optimizer, _, scheduler = deepspeed.initialize(
-        model=model, model_parameters=param_groups(model, float(t["weight_decay"])), optimizer=make_opt,
+        model=TokenLoss(model), model_parameters=param_groups(model, float(t["weight_decay"])), optimizer=make_opt,
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule), config=ds_cfg)
     device = engine.device
 
@@ -522,14 +560,20 @@ def train(cfg: dict[str, Any], stage: str, resume: str | None = None) -> Path:
         step, skipped_total = state["step"], state["skipped_total"]
         samples_total, tokens_total = state["samples_total"], state["tokens_total"]
         rng = ckpt / "rng" / f"rank{rank}.pt"
-        if not rng.is_file():
-            raise ValueError(f"{ckpt}: no RNG state for rank {rank} (was it saved with {world} ranks?)")
-        _set_rng_state(torch.load(rng, weights_only=True))
-        if state.get("world_size") != world:
-            log.warning("resuming %d-rank checkpoint on %d ranks: data order continues, dropout RNG differs",
-                        state.get("world_size"), world)
+        if rng.is_file():
+            _set_rng_state(torch.load(rng, weights_only=True))
+        else:  # more ranks than the checkpoint had: a fresh, distinct stream (the warning below says so)
+            torch.manual_seed(seed + 1_000_003 * (rank + 1) + step)
 
     runlog = RunLog(out, rank, total, step)
+    if ckpt is not None and rank == 0:
+        if state.get("world_size") != world:
+            log.warning("resuming a %d-rank checkpoint on %d ranks: the data order continues, the RNG streams differ",
+                        state.get("world_size"), world)
+        changed = _config_changes(out / "config.yaml", {"stage": stage, **cfg})
+        if changed:
+            log.warning("config changed since the checkpoint (the run will not repeat the uninterrupted one): %s",
+                        ", ".join(changed))
     if rank == 0:
         (out / "config.yaml").write_text(yaml.safe_dump({"stage": stage, **cfg}, sort_keys=False))
         for stale in ckpt_root.glob(".tmp-step-*") if ckpt_root.is_dir() else []:
@@ -575,10 +619,7 @@ def train(cfg: dict[str, Any], stage: str, resume: str | None = None) -> Path:
         loss_sum = torch.zeros((), dtype=torch.float64)
         grad_norm = None
         for a, b in enumerate(micro_batches):
-            inputs = _to(b if b["num_samples"] else _dummy_batch(mcfg), device)
-            labels = inputs.pop("labels")
-            logits = engine(**inputs, use_cache=False).logits  # no KV cache in training (and packing needs none)
-            ce = _token_loss_sum(logits, labels)
+            ce = engine(**_to(b if b["num_samples"] else _dummy_batch(mcfg), device))
             engine.backward(ce / norm)
             if a == accum - 1 and plain_grads:  # ZeRO-0 fp32 does not report the norm: measure it before the step
                 grad_norm = float(torch.nn.utils.get_total_norm([p.grad for p in model.parameters()
@@ -643,7 +684,6 @@ def add_cli(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", action="append", metavar="JSON", help="train on this GOT/ms-swift json (repeatable)")
     p.add_argument("--image-root", help="folder the --data image paths are relative to (default: the json's)")
     p.add_argument("--output", help="output dir (output.dir)")
-    p.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)  # passed by `deepspeed`
 
 
 def cli_main(args: argparse.Namespace) -> int:

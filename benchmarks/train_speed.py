@@ -8,7 +8,7 @@ median steady-state rate (steps after the first --warmup) is reported.
 transformers' got_ocr2 cannot express the tiny preset exactly (its last conv must output the decoder width): its
 model gets net_3 256 -> 128 channels and a 128 -> 128 projector, i.e. slightly LESS work than ours.
 
-    python benchmarks/train_speed.py                       # fp32 and bf16, 2 threads
+    python benchmarks/train_speed.py                       # fp32, bf16, bf16 + packing; 2 threads
     python benchmarks/train_speed.py --precisions fp32 --steps 20 --rounds 1
 """
 from __future__ import annotations
@@ -46,13 +46,15 @@ def render_data(out: Path, n: int) -> Path:
 
 
 def run_ours(data: Path, work: Path, args, precision: str) -> float:
+    precision, _, packing = precision.partition("+")
     out = work / f"ours-{precision}-{time.time_ns()}"
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), HF_HUB_OFFLINE="1", DS_ACCELERATOR="cpu",
                TORCH_EXTENSIONS_DIR=os.environ.get("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache/torch_extensions")))
     cmd = [sys.executable, "-m", "got.cli", "train", "--stage", "1", "--config", "configs/tiny_stage1.yaml",
            "--data", str(data), "--output", str(out), "model.preset=tiny", f"train.global_batch_size={args.micro}",
            f"train.micro_batch_size={args.micro}", f"train.max_steps={args.steps}", f"train.precision={precision}",
-           "data.num_workers=0", f"data.max_length={args.max_length}", f"output.save_every={10**9}"]
+           "data.num_workers=0", f"data.max_length={args.max_length}", f"output.save_every={10**9}",
+           f"data.packing={'true' if packing else 'false'}"]
     subprocess.run(cmd, cwd=REPO, env=env, check=True, capture_output=True)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][args.warmup:]
     samples = sum(r["samples"] for r in rows)
@@ -101,6 +103,7 @@ def hf_worker(data: str, threads: int, micro: int, steps: int, warmup: int, max_
 
 
 def run_hf(data: Path, args, precision: str) -> float:
+    precision = precision.partition("+")[0]  # transformers' got_ocr2 does not pack: compared unpacked
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), HF_HUB_OFFLINE="1")
     p = subprocess.run([sys.executable, __file__, "--hf-worker", str(data), "--threads", str(args.threads),
                         "--micro", str(args.micro), "--steps", str(args.steps), "--warmup", str(args.warmup),
@@ -111,7 +114,8 @@ def run_hf(data: Path, args, precision: str) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--precisions", default="fp32,bf16")
+    ap.add_argument("--precisions", default="fp32,bf16,bf16+packing",
+                    help="comma list of fp32 / bf16, '+packing' packs our micro-batches (data.packing=true)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--micro", type=int, default=8, help="samples per step (one micro-batch)")
     ap.add_argument("--steps", type=int, default=25)

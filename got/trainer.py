@@ -292,6 +292,17 @@ def _config_changes(saved: Path, cfg: dict[str, Any]) -> list[str]:
     return sorted(k for k in old.keys() | new.keys() if not k.startswith("output.") and old.get(k) != new.get(k))
 
 
+def _point(link: Path, target: Path) -> None:
+    """RUN/model -> the newest complete checkpoint's model, so `got chat --model RUN/model` always works."""
+    try:
+        tmp = link.with_name(".model.tmp")
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(os.path.relpath(target, link.parent))
+        os.replace(tmp, link)
+    except OSError:  # a file system without symlinks: summary.json still names the model
+        pass
+
+
 def _fault(kind: str, step: int) -> None:
     """Fault injection for resume drills: GOT_TRAIN_KILL_AT=step:N (after step N) or save:N (mid-checkpoint)."""
     if os.environ.get("GOT_TRAIN_KILL_AT") == f"{kind}:{step}":
@@ -343,6 +354,7 @@ def save_checkpoint(engine, model, tokenizer, root: Path, step: int, state: dict
         (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2) + "\n")
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
+        _point(root.parent / "model", final / "model")
         for old in list_checkpoints(root)[:-keep_last] if keep_last > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
     dist.barrier()
@@ -512,6 +524,7 @@ def train(cfg: dict[str, Any], stage: str, resume: str | None = None) -> Path:
         model.gradient_checkpointing_enable()
     mcfg = model.config
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    n_params = sum(p.numel() for p in model.parameters())
 
     # data: a deterministic function of (seed, step)
     encoder = SampleEncoder(tokenizer, mcfg.image_size, mcfg.image_token_len, int(d["max_length"]),
@@ -660,6 +673,8 @@ def train(cfg: dict[str, Any], stage: str, resume: str | None = None) -> Path:
     if rank == 0:
         same = all(p == prints[0] for p in prints)
         summary = {"stage": stage, "steps": step, "final_checkpoint": str(final), "model": str(final / "model"),
+                   "params": n_params,
+                   "params_trained": n_train,
                    "skipped_total": skipped_total, "samples_total": samples_total, "tokens_total": tokens_total,
                    "world_size": world, "rank_fingerprints": prints, "ranks_identical": same}
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

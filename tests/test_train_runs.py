@@ -53,6 +53,7 @@ def test_resume_after_kill_is_exact(data, tmp_path):
     wa, wb = weights(straight / "checkpoints/step-00000010/model"), weights(broken / "checkpoints/step-00000010/model")
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
     assert a[-1]["loss"] < a[0]["loss"]
+    assert (straight / "model").resolve() == (straight / "checkpoints/step-00000010/model").resolve()
 
     # the vision tower really trains (the original GOT ran it under no_grad): it changed between checkpoints
     w5 = weights(straight / "checkpoints/step-00000005/model")

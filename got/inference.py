@@ -41,6 +41,7 @@ from PIL import Image
 from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
+from got.processor import is_pdf
 from got.prompts import build_query, encode_prompt
 
 ImageLike = str | os.PathLike | Image.Image | np.ndarray | bytes
@@ -230,19 +231,6 @@ def _source_name(item, index: int) -> str:
     return f"<{type(item).__name__} #{index}>"
 
 
-def _is_pdf(item) -> bool:
-    """By suffix or by the %PDF- signature (a scan saved without a suffix is still a PDF)."""
-    if isinstance(item, (str, os.PathLike)):
-        if Path(item).suffix.lower() == ".pdf":
-            return True
-        try:
-            with open(item, "rb") as f:
-                return f.read(5) == b"%PDF-"
-        except OSError:
-            return False
-    return isinstance(item, (bytes, bytearray)) and bytes(item[:5]) == b"%PDF-"
-
-
 # ---- the API -----------------------------------------------------------------------------------------------------
 class GOT:
     """A loaded model + tokenizer + image processor, with GOT's chat modes on top."""
@@ -334,7 +322,7 @@ class GOT:
                 raise ValueError(f"{source}: empty list of pages")
             wanted = parse_pages(pages, len(item), source)
             loaders = [(p, functools.partial(self._load_image, item[p - 1], source, load_image)) for p in wanted]
-        elif _is_pdf(item):
+        elif is_pdf(item):
             wanted = parse_pages(pages, self._pdf_page_count(item, source), source)
             loaders = [(p, functools.partial(self._load_pdf_page, item, p, source, load_pdf)) for p in wanted]
         else:
@@ -650,7 +638,7 @@ def cli_main(args: argparse.Namespace) -> int:
     pending: list[Prompt] = []
     for i, path in enumerate(args.inputs):
         try:
-            opts = dict(options, pages=options["pages"] if _is_pdf(path) else None)  # --pages: PDFs only
+            opts = dict(options, pages=options["pages"] if is_pdf(path) else None)  # --pages: PDFs only
             for prompt in model.iter_prompts(path, index=i, **opts):
                 remaining[i] += 1
                 pending.append(prompt)

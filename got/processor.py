@@ -40,7 +40,8 @@ def _name(src: Any) -> str:
     return getattr(src, "name", None) or f"<{type(src).__name__}>"
 
 
-def _is_pdf(src: Any) -> bool:
+def is_pdf(src: Any) -> bool:
+    """By suffix or by the %PDF- signature (a scan saved without a suffix is still a PDF)."""
     if isinstance(src, (str, os.PathLike)):
         if str(src).lower().endswith(".pdf"):
             return True
@@ -124,7 +125,7 @@ def load_image(src: ImageSource) -> Image.Image:
     elif isinstance(src, (bytes, bytearray)):
         if not src:
             raise ValueError("empty image bytes (0 bytes)")
-    if _is_pdf(src):
+    if is_pdf(src):
         pages = load_pdf(src)
         if len(pages) != 1:
             raise ValueError(f"{name}: PDF with {len(pages)} pages; use load_pdf(...) / pages=... for multi-page input")
@@ -204,7 +205,7 @@ def load_images(src: ImageSource | Sequence[ImageSource], dpi: int = 144, pages:
         if pages is not None:
             raise ValueError("pages= selects pages of ONE PDF, not of a list of images")
         return [im for s in src for im in load_images(s, dpi=dpi)]
-    if _is_pdf(src):
+    if is_pdf(src):
         return load_pdf(src, dpi=dpi, pages=pages)
     if pages is not None:
         raise ValueError(f"{_name(src)}: pages= only applies to PDFs")

@@ -4,7 +4,6 @@ import json
 import sys
 
 import pytest
-import torch
 from PIL import Image
 
 from eval_helpers import LINES, render_line, train_tiny, write_line_set
@@ -13,14 +12,6 @@ from got.cli import main
 
 LINES_ZH = ["今天的天气很好，我们去公园散步。", "光学字符识别把图像变成文字"]
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on a loaded 2-core machine run faster on one thread (no OpenMP spin contention)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def _record(image, query, answer):

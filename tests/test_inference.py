@@ -20,14 +20,6 @@ from got.tokenizer import GOTTokenizer
 NEW = 12  # new tokens per answer: enough to compare texts, cheap on 2 shared cores
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matmuls on a loaded 2-core box run ~5x faster on one thread (no OpenMP spin contention)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):

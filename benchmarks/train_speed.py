@@ -133,8 +133,8 @@ def main() -> None:
         data = render_data(work / "data", args.samples)
         print(f"tiny preset, {args.samples} plain line/paragraph samples, {args.micro} samples/step, {args.steps} "
               f"steps ({args.warmup} warm-up), {args.threads} threads, median of {args.rounds} alternating rounds")
-        print(f"| precision | got train (samples/s) | transformers got_ocr2 + torch loop (samples/s) | ratio |")
-        print(f"|---|---|---|---|")
+        print("| precision | got train (samples/s) | transformers got_ocr2 + torch loop (samples/s) | ratio |")
+        print("|---|---|---|---|")
         for precision in args.precisions.split(","):
             ours, hf = [], []
             for _ in range(args.rounds):

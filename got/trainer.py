@@ -164,8 +164,7 @@ def _free_port() -> int:
 
 def init_distributed() -> tuple[int, int, int]:
     """(rank, world, local_rank) under deepspeed / torchrun, or a world of one for a plain process."""
-    if not torch.cuda.is_available():
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # must precede `import deepspeed`
+    _cpu_accelerator()
     if "RANK" not in os.environ:
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
@@ -362,6 +361,26 @@ def save_checkpoint(engine, model, tokenizer, root: Path, step: int, state: dict
 
 
 # ---- logging -------------------------------------------------------------------------------------------------------
+def open_log(out: Path, rank: int) -> None:
+    """Rank 0 logs to out/train.log (INFO) and stderr (warnings); other ranks stay quiet."""
+    for h in list(log.handlers):
+        log.removeHandler(h)
+        h.close()
+    log.propagate = False
+    if rank != 0:
+        log.addHandler(logging.NullHandler())
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(out / "train.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    console = logging.StreamHandler(sys.stderr)
+    console.setFormatter(logging.Formatter("[got train] %(message)s"))
+    console.setLevel(logging.WARNING)
+    log.addHandler(handler)
+    log.addHandler(console)
+    log.setLevel(logging.INFO)
+
+
 class RunLog:
     """Rank 0: train.log, metrics.jsonl, TensorBoard (if installed), tqdm bar, loss-curve PNG at the end."""
 
@@ -370,15 +389,6 @@ class RunLog:
         self.tb = self.bar = None
         if not self.active:
             return
-        out.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(out / "train.log")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        log.addHandler(handler)
-        log.setLevel(logging.INFO)
-        console = logging.StreamHandler(sys.stderr)
-        console.setFormatter(logging.Formatter("[got train] %(message)s"))
-        console.setLevel(logging.WARNING)
-        log.addHandler(console)
         # On resume keep only the metrics up to the resumed step, so the curve has no doubled stretch.
         self.metrics_path = out / "metrics.jsonl"
         if self.metrics_path.exists():
@@ -503,22 +513,22 @@ def _fingerprint(engine, model: torch.nn.Module) -> float:
 
 def train(cfg: dict[str, Any], stage: str, resume: str | None = None) -> Path:
     """Run one training job; returns the final checkpoint directory."""
-    rank, world, local = init_distributed()
-    import deepspeed
-
     from got.data import Collator, MixedDataset, SampleEncoder, StepSampler, build_source
     from stages import get_recipe
 
     t, d, o = cfg["train"], cfg["data"], cfg["output"]
     out = Path(o["dir"])
     ckpt_root = out / "checkpoints"
+    _cpu_accelerator()  # before anything imports deepspeed
+    open_log(out, int(os.environ.get("RANK", 0)))
     seed = int(t["seed"])
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
 
-    # model: the stage recipe says what to build / load; freezing is data in the config
-    model, tokenizer = get_recipe(stage).build(cfg)
+    # data sources and model first: a wrong path fails in a second, before any process group starts
+    sources = [build_source(s, seed, i) for i, s in enumerate(d["sources"])]
+    model, tokenizer = get_recipe(stage).build(cfg)  # the stage recipe says what to build / load
     apply_freeze(model, cfg["freeze"])
     if t["gradient_checkpointing"]:
         model.gradient_checkpointing_enable()
@@ -529,11 +539,13 @@ def train(cfg: dict[str, Any], stage: str, resume: str | None = None) -> Path:
     # data: a deterministic function of (seed, step)
     encoder = SampleEncoder(tokenizer, mcfg.image_size, mcfg.image_token_len, int(d["max_length"]),
                             int(d["max_tiles"]))
-    sources = [build_source(s, seed, i) for i, s in enumerate(d["sources"])]
     if d["packing"] and mcfg.decoder_type != "qwen2":
         raise ValueError("data.packing needs a decoder that separates packed samples by position_ids (qwen2)")
     dataset = MixedDataset(sources, [float(s.get("weight", 1.0)) for s in d["sources"]], encoder,
                            d["samples_per_epoch"], seed)
+    rank, world, local = init_distributed()
+    import deepspeed
+
     ds_cfg = deepspeed_config(cfg, world)
     micro, accum = ds_cfg["train_micro_batch_size_per_gpu"], ds_cfg["gradient_accumulation_steps"]
     steps_per_epoch = len(dataset) // ds_cfg["train_batch_size"]
@@ -688,6 +700,13 @@ def train(cfg: dict[str, Any], stage: str, resume: str | None = None) -> Path:
 
 # ---- CLI -----------------------------------------------------------------------------------------------------------
 STAGES = ("1", "2", "3", "finetune")
+
+
+def _cpu_accelerator() -> None:
+    """Without CUDA, DeepSpeed must be told to use its CPU accelerator before it is first imported."""
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
 
 
 def add_cli(p: argparse.ArgumentParser) -> None:

@@ -188,6 +188,20 @@ def test_bad_samples_are_skipped_with_path_and_reason(tiny, lines, tmp_path):
     assert batch["input_ids"].shape[0] == 2 and batch["pixel_values"].shape[0] == 2
 
 
+def test_ms_swift_jsonl(tiny, lines, tmp_path):
+    """ms-swift `messages` records in a .jsonl encode to the same ids as the GOT-format record."""
+    model, tok = tiny
+    root, records = lines
+    got = records[0]
+    swift = {"messages": [{"role": "user", "content": "<image>OCR: "},
+                          {"role": "assistant", "content": got["conversations"][1]["value"]}],
+             "images": [got["image"]]}
+    (tmp_path / "s.jsonl").write_text(json.dumps(swift) + "\n")
+    a = JsonSource(tmp_path / "s.jsonl", image_root=root).get(0, encoder_for(model, tok))
+    b = JsonSource(write_json(tmp_path / "g.json", [got]), image_root=root).get(0, encoder_for(model, tok))
+    assert isinstance(a, Example) and a.input_ids == b.input_ids and a.labels == b.labels
+
+
 def test_collate_right_pads_and_masks(tiny, lines, tmp_path):
     model, tok = tiny
     root, records = lines

@@ -14,6 +14,7 @@ Drives `deepspeed.initialize` directly (no accelerate: it is broken with DeepSpe
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import datetime
 import json
@@ -308,30 +309,25 @@ def _fault(kind: str, step: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def _gathered(params: list[torch.nn.Parameter], zero3: bool):
+    """Inside the block every rank holds the full ZeRO-3 parameters (a no-op for ZeRO 0-2)."""
+    if not zero3:
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+
+
 def export_model(model, tokenizer, out: Path, rank: int = 0, zero3: bool = False) -> None:
     """Inference-ready weights (safetensors + config + tokenizer); gathers ZeRO-3 shards, merges LoRA."""
     from got.checkpoint import save_pretrained
 
-    if zero3:
-        import deepspeed
-
-        gather = deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None)
-    else:
-        gather = _nullcontext()
-    with gather:
+    with _gathered(list(model.parameters()), zero3):
         if rank == 0:
             if hasattr(model.decoder, "merge_and_unload"):  # LoRA: export a merged copy, keep training the adapter
                 model = copy.deepcopy(model)
                 model.decoder = model.decoder.merge_and_unload()
             save_pretrained(model, out, tokenizer=tokenizer)
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def save_checkpoint(engine, model, tokenizer, root: Path, step: int, state: dict[str, Any], rank: int,
@@ -497,17 +493,14 @@ def _dummy_batch(cfg_model) -> dict[str, Any]:
     c = cfg_model
     ids = [c.img_start_id] + [c.img_pad_id] * c.image_token_len + [c.img_end_id]
     return {"input_ids": torch.tensor([ids]), "labels": torch.full((1, len(ids)), -100),
-            "pixel_values": torch.zeros(1, 3, c.image_size, c.image_size), "attention_mask": torch.ones(1, len(ids),
-                                                                                                        dtype=torch.long),
-            "position_ids": None}
+            "pixel_values": torch.zeros(1, 3, c.image_size, c.image_size),
+            "attention_mask": torch.ones(1, len(ids), dtype=torch.long), "position_ids": None}
 
 
 def _fingerprint(engine, model: torch.nn.Module) -> float:
     """A cheap checksum of all weights, to confirm every rank holds the same model at the end."""
-    import deepspeed
-
     params = list(model.parameters())
-    with (deepspeed.zero.GatheredParameters(params) if engine.zero_optimization_stage() == 3 else _nullcontext()):
+    with _gathered(params, engine.zero_optimization_stage() == 3):
         return float(sum(p.detach().double().sum() + p.detach().double().abs().sum() * 1e-3 for p in params))
 
 

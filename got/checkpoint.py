@@ -370,6 +370,8 @@ def load_pretrained(path: str | Path, dtype: torch.dtype | None = None, device: 
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: not a checkpoint directory")
+    if not (path / CONFIG_NAME).is_file() and (path / "model" / CONFIG_NAME).is_file():
+        path = path / "model"  # a training run directory: `model` links to its newest exported checkpoint
     model = load_model(path, dtype=dtype, device=device)
     tokenizer = GOTTokenizer.from_dir(path)
     cfg = model.config

@@ -20,9 +20,9 @@ PY=${PYTHON:-python3}
 if ! $PY -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('2.13.0') else 1)" 2>/dev/null; then
   $PY -m pip install -q torch==2.13.0
 fi
-if ! $PY -c "import got, deepspeed, transformers, rapidocr_onnxruntime, pytest_timeout" 2>/dev/null \
+if ! $PY -c "import got, deepspeed, transformers, rapidocr_onnxruntime, pytest_timeout, peft" 2>/dev/null \
    || [ pyproject.toml -nt .setup-stamp ]; then
-  $PY -m pip install -q -c constraints.txt -e ".[dev,peers]"
+  $PY -m pip install -q -c constraints.txt -e ".[dev,peers,lora]"
   touch .setup-stamp
 fi
 echo "[setup] ok: $($PY -c 'import torch, transformers, deepspeed; print("torch", torch.__version__, "transformers", transformers.__version__, "deepspeed", deepspeed.__version__)' 2>/dev/null | tail -1)"

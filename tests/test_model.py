@@ -98,6 +98,21 @@ def test_sdpa_attention_equals_eager_reference(monkeypatch):
     assert torch.allclose(attn(x), want, atol=1e-5)
 
 
+def test_bf16_inference_gemm_path_equals_sdpa():
+    """Global attention in bf16 without autograd takes explicit GEMMs on CPU; same result as the SDPA path."""
+    torch.manual_seed(0)
+    attn = Attention(dim=32, num_heads=2, input_size=32).to(torch.bfloat16)
+    with torch.no_grad():
+        attn.rel_pos_h.normal_(0, 1.0)
+        attn.rel_pos_w.normal_(0, 1.0)
+    x = torch.randn(1, 32, 32, 32, dtype=torch.bfloat16)  # 1024 tokens: the GEMM path's threshold
+    with torch.no_grad():
+        fast = attn(x)
+    with torch.enable_grad():
+        fused = attn(x).detach()
+    assert (fast.float() - fused.float()).abs().max() < 0.05 * fused.float().abs().max()
+
+
 def test_vision_tower_shapes_and_other_sizes(tiny):
     vt = tiny.vision_tower
     with torch.no_grad():

@@ -2,10 +2,11 @@
 
 Same random weights in both (ours saved, exported to the got_ocr2 layout, loaded by transformers), base preset,
 1024 px, batch 1, a GOT prompt (256 <imgpad> + ~40 text tokens), 64 new greedy tokens, fp32 and bf16.
-Each (implementation, dtype) runs in its own process so peak RSS is its own.
+Timings: both implementations in one process per dtype, measured alternately (median of --rounds), so load
+from other jobs on a shared machine hits both alike. Peak RSS: each implementation alone in its own process.
 
     python benchmarks/model_speed.py                 # both dtypes, 2 threads (takes several minutes)
-    python benchmarks/model_speed.py --dtypes bf16 --repeats 1
+    python benchmarks/model_speed.py --dtypes bf16 --rounds 1 --threads 1
 
 Decode tok/s is timed per token inside generate (a stopping criterion that only records timestamps), so it
 covers the KV-cached steps alone; "first token" is encoder + prefill.
@@ -66,24 +67,12 @@ def prompt_ids(cfg_tokens: dict[str, int]) -> list[int]:
             + [cfg_tokens["im_end"], cfg_tokens["im_start"]] + text(3))
 
 
-def timed(fn, repeats: int, warmup: bool = True) -> tuple[float, object]:
-    if warmup:  # allocator, oneDNN primitive caches
-        fn()
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        t = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t)
-    return best, out
-
-
-def worker(impl: str, dtype: str, workdir: Path, repeats: int) -> dict:
+def load(impl: str, dtype: str, workdir: Path):
+    """(encode(pixels), generate(ids, pixels, n, clock) -> new ids) for one implementation."""
     import torch
     from transformers import StoppingCriteriaList
 
-    torch.manual_seed(0)
     dt = getattr(torch, DTYPES[dtype])
-    t0 = time.perf_counter()
     if impl == "ours":
         from got.checkpoint import load_model
 
@@ -99,21 +88,59 @@ def worker(impl: str, dtype: str, workdir: Path, repeats: int) -> dict:
         generate = lambda ids, px, n, clock: model.generate(  # noqa: E731
             input_ids=ids, pixel_values=px.to(dt), max_new_tokens=n, min_new_tokens=n, do_sample=False,
             eos_token_id=151645, pad_token_id=151643, stopping_criteria=StoppingCriteriaList([clock]))[:, ids.shape[1]:]
-    load_s = time.perf_counter() - t0
-    pixels = torch.randn(1, 3, 1024, 1024)
+    return encode, generate
+
+
+def inputs():
+    import torch
+
+    torch.manual_seed(0)
     ids = torch.tensor([prompt_ids({"im_start": 151644, "im_end": 151645, "img": 151857, "img_end": 151858,
                                     "imgpad": 151859})])
-    clock = Clock()
+    return ids, torch.randn(1, 3, 1024, 1024)
+
+
+def time_worker(dtype: str, workdir: Path, rounds: int) -> dict:
+    """Both implementations in one process, measured alternately, so a shared, busy machine slows both alike."""
+    import statistics
+
+    import torch
+
+    impls = {impl: load(impl, dtype, workdir) for impl in ("ours", "hf")}
+    ids, pixels = inputs()
+    runs: dict[str, dict[str, list]] = {i: {"encoder_s": [], "generate_s": [], "first_token_s": [], "decode_tok_s": []}
+                                        for i in impls}
+    tokens = {}
     with torch.inference_mode():
-        enc_s, feats = timed(lambda: encode(pixels), repeats)
-        t = time.perf_counter()
-        new = generate(ids, pixels, NEW_TOKENS, clock)
-        gen_s = time.perf_counter() - t
-    steps = clock.times
-    return {"impl": impl, "dtype": dtype, "load_s": load_s, "encoder_s": enc_s, "generate_s": gen_s,
-            "first_token_s": steps[0] - t, "decode_tok_s": (len(steps) - 1) / (steps[-1] - steps[0]),
-            "tokens": new[0].tolist(), "feature_sum": float(feats.float().abs().sum()),
-            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "prompt_tokens": ids.shape[1]}
+        for encode, _ in impls.values():
+            encode(pixels)  # warm-up: allocator, oneDNN primitive caches
+        for _ in range(rounds):
+            for impl, (encode, _) in impls.items():
+                t = time.perf_counter()
+                encode(pixels)
+                runs[impl]["encoder_s"].append(time.perf_counter() - t)
+            for impl, (_, generate) in impls.items():
+                clock = Clock()
+                t = time.perf_counter()
+                tokens[impl] = generate(ids, pixels, NEW_TOKENS, clock)[0].tolist()
+                runs[impl]["generate_s"].append(time.perf_counter() - t)
+                runs[impl]["first_token_s"].append(clock.times[0] - t)
+                runs[impl]["decode_tok_s"].append((len(clock.times) - 1) / (clock.times[-1] - clock.times[0]))
+    out = {impl: {k: statistics.median(v) for k, v in r.items()} for impl, r in runs.items()}
+    out["same_tokens"] = tokens["ours"] == tokens["hf"]
+    return out
+
+
+def rss_worker(impl: str, dtype: str, workdir: Path) -> dict:
+    """Peak RSS of one implementation alone: load, encode, generate 8 tokens."""
+    import torch
+
+    encode, generate = load(impl, dtype, workdir)
+    ids, pixels = inputs()
+    with torch.inference_mode():
+        encode(pixels)
+        generate(ids, pixels, 8, Clock())
+    return {"peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
 
 
 class Clock:
@@ -130,54 +157,61 @@ class Clock:
         return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
+def run(args, *worker_args) -> dict:
+    cmd = [sys.executable, __file__, "--threads", str(args.threads), "--workdir", str(args.workdir), "--rounds",
+           str(args.rounds), "--worker", *worker_args]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    if line is None:
+        raise SystemExit(f"worker {worker_args} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(line[7:])
+
+
+def loadavg() -> str:
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--dtypes", default="fp32,bf16")
-    ap.add_argument("--impls", default="ours,hf")
-    ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--workdir", default=None, help="where the two checkpoints go (kept and reused if given)")
-    ap.add_argument("--worker", nargs=2, metavar=("IMPL", "DTYPE"), help=argparse.SUPPRESS)
+    ap.add_argument("--rounds", type=int, default=2, help="alternating measurements per implementation (median)")
+    ap.add_argument("--workdir", default=None, help="where the checkpoints go (kept and reused if given)")
+    ap.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     import torch
 
     torch.set_num_threads(args.threads)
     if args.worker:
-        print("RESULT " + json.dumps(worker(*args.worker, Path(args.workdir), args.repeats)))
+        kind, *rest = args.worker
+        result = time_worker(rest[0], Path(args.workdir), args.rounds) if kind == "time" else \
+            rss_worker(rest[1], rest[0], Path(args.workdir))
+        print("RESULT " + json.dumps(result))
         return
     dtypes = args.dtypes.split(",")
     tmp = None if args.workdir else tempfile.TemporaryDirectory(prefix="got-bench-")
-    workdir = Path(args.workdir or tmp.name)
-    workdir.mkdir(parents=True, exist_ok=True)
-    print(f"building random base checkpoints in {workdir} ...", flush=True)
-    build_checkpoints(workdir, dtypes)
-    with open("/proc/loadavg") as f:
-        load = f.read().split()[:3]
-    print(f"torch {torch.__version__}, {args.threads} threads, load average at start {' '.join(load)}", flush=True)
-    results = {}
+    args.workdir = Path(args.workdir or tmp.name)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    print(f"building random base checkpoints in {args.workdir} ...", flush=True)
+    build_checkpoints(args.workdir, dtypes)
+    print(f"torch {torch.__version__}, {args.threads} threads, {args.rounds} rounds, load average at start {loadavg()}",
+          flush=True)
     for d in dtypes:
-        for impl in args.impls.split(","):
-            cmd = [sys.executable, __file__, "--worker", impl, d, "--workdir", str(workdir), "--repeats",
-                   str(args.repeats), "--threads", str(args.threads)]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
-            if line is None:
-                print(f"{impl} {d} failed:\n{proc.stderr[-3000:]}")
-                continue
-            r = json.loads(line[7:])
-            results[(impl, d)] = r
-            print(f"{impl:4s} {d}: load {r['load_s']:5.1f} s | encoder {r['encoder_s']:6.2f} s | generate {NEW_TOKENS} tokens "
-                  f"{r['generate_s']:6.2f} s (first token {r['first_token_s']:5.2f} s) | decode {r['decode_tok_s']:5.1f} tok/s"
-                  f" | peak RSS {r['peak_rss_gb']:.2f} GiB", flush=True)
-    for d in dtypes:
-        a, b = results.get(("ours", d)), results.get(("hf", d))
-        if a and b:
-            same = "identical" if a["tokens"] == b["tokens"] else "DIFFERENT"
-            print(f"{d}: encoder x{b['encoder_s'] / a['encoder_s']:.2f} faster, decode x{a['decode_tok_s'] / b['decode_tok_s']:.2f}, "
-                  f"64-token generate x{b['generate_s'] / a['generate_s']:.2f}; generated tokens {same}")
-    with open("/proc/loadavg") as f:
-        print(f"load average at end {' '.join(f.read().split()[:3])}")
+        t = run(args, "time", d)
+        print(f"{d} timings: {json.dumps({k: v for k, v in t.items()})}", flush=True)
+        rss = {impl: run(args, "rss", d, impl)["peak_rss_gb"] for impl in ("ours", "hf")}
+        for impl in ("ours", "hf"):
+            r = t[impl]
+            print(f"{impl:4s} {d}: encoder {r['encoder_s']:6.2f} s | generate {NEW_TOKENS} tokens {r['generate_s']:6.2f} s "
+                  f"(first token {r['first_token_s']:5.2f} s) | decode {r['decode_tok_s']:5.1f} tok/s | "
+                  f"peak RSS {rss[impl]:.2f} GiB", flush=True)
+        a, b = t["ours"], t["hf"]
+        print(f"{d}: encoder x{b['encoder_s'] / a['encoder_s']:.2f} faster, decode x{a['decode_tok_s'] / b['decode_tok_s']:.2f}, "
+              f"{NEW_TOKENS}-token generate x{b['generate_s'] / a['generate_s']:.2f}, peak RSS x{rss['ours'] / rss['hf']:.2f}; "
+              f"generated tokens {'identical' if t['same_tokens'] else 'DIFFERENT'}  (load average now {loadavg()})",
+              flush=True)
     if tmp:
         tmp.cleanup()
 

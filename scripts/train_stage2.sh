@@ -10,15 +10,4 @@
 #   scripts/train_stage2.sh train.lr=5e-5 output.dir=runs/x    any config override (KEY=VALUE, given together)
 #
 # Relaunching continues from the newest complete checkpoint (--resume auto); a run that has none starts fresh.
-set -euo pipefail
-cd "$(dirname "$0")/.."
-ARGS=(train --stage 2 --config "${CONFIG:-configs/stage2.yaml}" --resume auto "$@")
-PORT=${MASTER_PORT:-29500}
-if [ -n "${HOSTFILE:-}" ]; then
-  exec deepspeed --hostfile "$HOSTFILE" --master_port "$PORT" --no_local_rank --module got.cli "${ARGS[@]}"
-fi
-GPUS=${GPUS:-$(python3 -c "import torch; print(torch.cuda.device_count())")}
-if [ "$GPUS" -le 1 ]; then
-  exec python3 -m got.cli "${ARGS[@]}"
-fi
-exec torchrun --nproc_per_node "$GPUS" --master_port "$PORT" -m got.cli "${ARGS[@]}"
+exec "$(dirname "$0")/launch.sh" 2 "${CONFIG:-configs/stage2.yaml}" "$@"

@@ -41,7 +41,7 @@ from PIL import Image
 from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
-from got.processor import is_pdf
+from got.processor import is_pdf, open_pdf
 from got.prompts import build_query, encode_prompt
 
 ImageLike = str | os.PathLike | Image.Image | np.ndarray | bytes
@@ -378,19 +378,7 @@ class GOT:
 
     @staticmethod
     def _pdf_page_count(item, source: str) -> int:
-        import pymupdf as fitz
-
-        if isinstance(item, (str, os.PathLike)) and not Path(item).exists():
-            raise FileNotFoundError(f"{source}: no such file")
-        try:
-            doc = fitz.open(stream=bytes(item), filetype="pdf") if isinstance(item, (bytes, bytearray)) else fitz.open(item)
-        except Exception as e:  # pymupdf raises its own FileDataError / RuntimeError types
-            raise ValueError(f"{source}: not a readable PDF ({e})") from None
-        with doc:
-            if doc.needs_pass:
-                raise ValueError(f"{source}: PDF is encrypted (password protected); decrypt it first")
-            if doc.page_count == 0:
-                raise ValueError(f"{source}: PDF has no pages")
+        with open_pdf(item, source) as doc:
             return doc.page_count
 
     @staticmethod

@@ -169,24 +169,34 @@ def _page_numbers(pages: Any, count: int, name: str) -> list[int]:
     return [int(p) - 1 for p in pages]
 
 
+def open_pdf(src: str | os.PathLike | bytes, name: str | None = None):
+    """An open pymupdf document (use as a context manager); one clear line for missing, unreadable, encrypted or
+    empty PDFs, naming the file."""
+    import pymupdf
+
+    name = name or _name(src)
+    if isinstance(src, (str, os.PathLike)) and not Path(src).is_file():
+        raise FileNotFoundError(f"{name}: PDF file not found")
+    try:
+        doc = pymupdf.open(stream=bytes(src), filetype="pdf") if isinstance(src, (bytes, bytearray)) else pymupdf.open(src, filetype="pdf")
+    except Exception as e:  # pymupdf raises its own FileDataError / RuntimeError types
+        raise ValueError(f"{name}: not a readable PDF ({e})") from None
+    problem = ("PDF is encrypted (password protected); decrypt it first" if doc.needs_pass
+               else "PDF has no pages" if doc.page_count == 0 else None)
+    if problem:
+        doc.close()
+        raise ValueError(f"{name}: {problem}")
+    return doc
+
+
 def load_pdf(src: str | os.PathLike | bytes, dpi: int = 144, pages: Any = None) -> list[Image.Image]:
     """Render PDF pages to RGB images with pymupdf. pages are 1-based: None (all), an int, a list or "1-3,5"."""
     import pymupdf
 
     name = _name(src)
-    if isinstance(src, (str, os.PathLike)) and not Path(src).is_file():
-        raise FileNotFoundError(f"{src}: PDF file not found")
     if not 18 <= dpi <= 1200:
         raise ValueError(f"dpi must be between 18 and 1200, got {dpi}")
-    try:
-        doc = pymupdf.open(stream=bytes(src), filetype="pdf") if isinstance(src, (bytes, bytearray)) else pymupdf.open(src, filetype="pdf")
-    except Exception as e:  # pymupdf raises its own FileDataError / RuntimeError types
-        raise ValueError(f"{name}: not a readable PDF ({e})") from None
-    with doc:
-        if doc.needs_pass:
-            raise ValueError(f"{name}: PDF is encrypted (password protected); decrypt it first")
-        if doc.page_count == 0:
-            raise ValueError(f"{name}: PDF has no pages")
+    with open_pdf(src, name) as doc:
         out = []
         for i in _page_numbers(pages, doc.page_count, name):
             page = doc[i]

@@ -65,8 +65,7 @@ class FineGrainedEngine:
     name = "fine_grained"
 
     def __init__(self, lang: str | None = None, mode: str | None = None):
-        if lang is not None and lang not in T.LANGS:
-            raise ValueError(f"fine_grained engine: unknown lang {lang!r}; choose from {', '.join(T.LANGS)}")
+        T.check_choice("fine_grained", "lang", lang, T.LANGS)
         if mode is not None and mode not in MODES:
             raise ValueError(f"fine_grained engine: unknown mode {mode!r}; choose from {', '.join(MODES)}")
         self.lang, self.mode = lang, mode

@@ -23,8 +23,7 @@ class MultiCropEngine:
     name = "multi_crop"
 
     def __init__(self, lang: str | None = None, max_chars: dict[str, int] | None = None):
-        if lang is not None and lang not in T.LANGS:
-            raise ValueError(f"multi_crop engine: unknown lang {lang!r}; choose from {', '.join(T.LANGS)}")
+        T.check_choice("multi_crop", "lang", lang, T.LANGS)
         self.lang = lang
         self.max_chars = {"en": 9000, "zh": 3000, **(max_chars or {})}
 

@@ -19,8 +19,7 @@ class MultiPageEngine:
     name = "multi_page"
 
     def __init__(self, lang: str | None = None, pages: tuple[int, int] = (2, 8)):
-        if lang is not None and lang not in T.LANGS:
-            raise ValueError(f"multi_page engine: unknown lang {lang!r}; choose from {', '.join(T.LANGS)}")
+        T.check_choice("multi_page", "lang", lang, T.LANGS)
         if not 1 <= pages[0] <= pages[1]:
             raise ValueError(f"multi_page engine: pages must be (min, max) with 1 <= min <= max, got {pages}")
         self.lang, self.pages = lang, tuple(pages)

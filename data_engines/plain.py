@@ -228,10 +228,8 @@ class PlainEngine:
     name = "plain"
 
     def __init__(self, lang: str | None = None, layout: str | None = None, format_prob: float = 0.2):
-        if lang is not None and lang not in T.LANGS:
-            raise ValueError(f"plain engine: unknown lang {lang!r}; choose from {', '.join(T.LANGS)}")
-        if layout is not None and layout not in LAYOUTS:
-            raise ValueError(f"plain engine: unknown layout {layout!r}; choose from {', '.join(LAYOUTS)}")
+        T.check_choice("plain", "lang", lang, T.LANGS)
+        T.check_choice("plain", "layout", layout, LAYOUTS)
         self.lang, self.layout, self.format_prob = lang, layout, format_prob
 
     def render(self, rng: random.Random) -> Sample:

@@ -42,6 +42,12 @@ def require(module: str, pip_name: str) -> Any:
         raise ImportError(f"the text engines need the Python package {pip_name!r}: pip install {pip_name} ({e})") from None
 
 
+def check_choice(engine: str, key: str, value: Any, choices: Any) -> None:
+    """Engine options: None (the engine draws it) or one of `choices`; anything else is one clear line."""
+    if value is not None and value not in choices:
+        raise ValueError(f"{engine} engine: unknown {key} {value!r}; choose from {', '.join(choices)}")
+
+
 # ---------------------------------------------------------------------------------------------- word sources
 
 @functools.lru_cache(maxsize=None)

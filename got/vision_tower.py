@@ -1,9 +1,9 @@
 """The GOT vision tower: SAM's ViTDet-B image encoder plus GOT's two stride-2 convs (net_2, net_3).
 
 Parameter names follow the original GOT checkpoint (`model.vision_tower_high.*` minus the prefix), so released
-weights load unchanged. Attention runs through `F.scaled_dot_product_attention`; SAM's decomposed relative
-position term (MViTv2) goes in as the additive float mask. transformers' got_ocr2 computes the same thing with
-an eager softmax, which is several times slower on CPU.
+weights load unchanged. SAM's decomposed relative position term (MViTv2) is added to the attention scores: as
+SDPA's float mask when training or on an accelerator, and in cache-sized blocks of plain GEMMs for CPU inference.
+transformers' got_ocr2 computes the same thing with an eager fp32 softmax over whole (N, N) tensors.
 """
 from __future__ import annotations
 
@@ -14,9 +14,12 @@ from torch import nn
 
 from got.config import VisionConfig
 
-# Global-attention masks are (heads, N, N); at 1024 px that is 12 x 4096^2. SDPA is called on chunks of
-# (tile, head) pairs so that one chunk's mask stays under this many bytes.
+# Training and accelerators: the rel-pos mask is (heads, N, N), 12 x 4096^2 at 1024 px; SDPA is called on chunks
+# of (tile, head) pairs so that one chunk's mask stays under this many bytes.
 MASK_CHUNK_BYTES = 256 * 2**20
+# CPU inference: scores are computed in blocks of (heads x query rows x keys) this many elements (4 MB in bf16),
+# so that bias, scores and softmax stay in cache instead of streaming N x N tensors through memory.
+CPU_BLOCK_ELEMENTS = 2**21
 
 
 class LayerNorm2d(nn.Module):
@@ -84,30 +87,54 @@ class Attention(nn.Module):
         B, H, W, C = x.shape
         N, nh = H * W, self.num_heads
         q, k, v = self.qkv(x).reshape(B, N, 3, nh, C // nh).permute(2, 0, 3, 1, 4).reshape(3, B * nh, N, -1).unbind(0)
-        Rh = get_rel_pos(H, H, self.rel_pos_h).to(q.dtype)  # (H, H, hd)
-        Rw = get_rel_pos(W, W, self.rel_pos_w).to(q.dtype)  # (W, W, hd)
-        chunk = max(1, MASK_CHUNK_BYTES // (N * N * q.element_size()))
-        # bf16 inference on CPU, global blocks: SDPA's fused CPU kernel is ~20% slower here than oneDNN's GEMMs
-        # (measured at 1024 px, 2 cores). Training keeps SDPA, which does not store the (N, N) probabilities.
-        gemm_path = q.device.type == "cpu" and q.dtype == torch.bfloat16 and N >= 1024 and not torch.is_grad_enabled()
-        out = []
-        for s in range(0, B * nh, chunk):
-            qc, kc, vc = q[s : s + chunk], k[s : s + chunk], v[s : s + chunk]
-            r_q = qc.reshape(-1, H, W, qc.shape[-1])
-            # bias[(h,w),(kh,kw)] = q.Rh[h,kh] + q.Rw[w,kw]; both terms are small matmuls, then one broadcast add.
-            # contiguous() on the small terms: einsum returns permuted layouts, the broadcast add would inherit
-            # them and the reshape to (heads, N, N) would then copy the whole mask once more.
-            rel_h = torch.einsum("bhwc,hkc->bhwk", r_q, Rh).contiguous()
-            rel_w = torch.einsum("bhwc,wkc->bhwk", r_q, Rw).contiguous()
-            mask = (rel_h[:, :, :, :, None] + rel_w[:, :, :, None, :]).view(-1, N, N)
-            if gemm_path:  # scores accumulate into the mask in place, then softmax and one more GEMM
-                mask.baddbmm_(qc, kc.transpose(1, 2), alpha=qc.shape[-1] ** -0.5)
-                out.append(torch.bmm(torch.softmax(mask, dim=-1), vc))
-            else:
-                out.append(F.scaled_dot_product_attention(qc[None], kc[None], vc[None], attn_mask=mask[None])[0])
-        o = torch.cat(out) if len(out) > 1 else out[0]
+        # bias[(h,w),(kh,kw)] = q.Rh[h,kh] + q.Rw[w,kw]: two small matmuls here, broadcast to (N, N) per chunk.
+        # contiguous(): einsum returns permuted layouts, which would make every broadcast add below copy again.
+        r_q = q.reshape(-1, H, W, q.shape[-1])
+        rel_h = torch.einsum("bhwc,hkc->bhwk", r_q, get_rel_pos(H, H, self.rel_pos_h).to(q.dtype)).contiguous()
+        rel_w = torch.einsum("bhwc,wkc->bhwk", r_q, get_rel_pos(W, W, self.rel_pos_w).to(q.dtype)).contiguous()
+        if q.device.type == "cpu" and not torch.is_grad_enabled():
+            o = _blocked_attention(q, k, v, rel_h, rel_w)
+        else:
+            o = _sdpa_attention(q, k, v, rel_h, rel_w)
         o = o.reshape(B, nh, H, W, -1).permute(0, 2, 3, 1, 4).reshape(B, H, W, C)
         return self.proj(o)
+
+
+def _bias(rel_h: torch.Tensor, rel_w: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """(b, h, W, H) + (b, h, W, W) -> the additive bias (b, h * W, H * W) for those query rows."""
+    b, h, W = rel_h.shape[:3]
+    full = torch.add(rel_h[..., None], rel_w[..., None, :], out=out)
+    return full.view(b, h * W, -1)
+
+
+def _sdpa_attention(q, k, v, rel_h, rel_w) -> torch.Tensor:
+    """Fused SDPA with the bias as float mask: no (N, N) probabilities kept for backward; one mask per chunk."""
+    BH, N, _ = q.shape
+    chunk = max(1, MASK_CHUNK_BYTES // (N * N * q.element_size()))
+    out = [F.scaled_dot_product_attention(q[s:s + chunk][None], k[s:s + chunk][None], v[s:s + chunk][None],
+                                          attn_mask=_bias(rel_h[s:s + chunk], rel_w[s:s + chunk])[None])[0]
+           for s in range(0, BH, chunk)]
+    return torch.cat(out) if len(out) > 1 else out[0]
+
+
+def _blocked_attention(q, k, v, rel_h, rel_w) -> torch.Tensor:
+    """Inference on CPU: bias, scores (accumulated into the bias in place), softmax and P @ V per cache-sized
+    block of (heads, query image-rows). 2-4x faster than SDPA with a full (N, N) mask at 1024 px (2 cores,
+    bf16 and fp32), where the mask and the scores otherwise make several round trips through memory."""
+    BH, N, hd = q.shape
+    H, W = rel_h.shape[1:3]
+    rows = max(1, min(H, CPU_BLOCK_ELEMENTS // (W * N)))
+    heads = max(1, min(BH, CPU_BLOCK_ELEMENTS // (rows * W * N)))
+    out = torch.empty_like(q)
+    k_t, scale = k.transpose(1, 2).contiguous(), hd ** -0.5
+    for s in range(0, BH, heads):
+        e = min(s + heads, BH)
+        for r in range(0, H, rows):
+            qs = slice(r * W, min(r + rows, H) * W)
+            scores = _bias(rel_h[s:e, r:r + rows], rel_w[s:e, r:r + rows])
+            scores.baddbmm_(q[s:e, qs], k_t[s:e], alpha=scale)
+            torch.bmm(torch.softmax(scores, dim=-1), v[s:e], out=out[s:e, qs])
+    return out
 
 
 def window_partition(x: torch.Tensor, ws: int) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -181,6 +208,10 @@ class VisionTower(nn.Module):
         p = self.config.patch_size
         if pixel_values.shape[2] % p or pixel_values.shape[3] % p:
             raise ValueError(f"image size {tuple(pixel_values.shape[2:])} is not a multiple of the patch size {p}")
+        if len(pixel_values) > 1 and pixel_values.device.type == "cpu" and not torch.is_grad_enabled():
+            # CPU inference, one tile at a time: a 1024 px tile's activations (~25 MB) stay in cache; a batch of
+            # 8 tiles streams them through memory and costs ~25% more per tile (2 cores, bf16).
+            return torch.cat([self(tile[None]) for tile in pixel_values])
         x = self.patch_embed(pixel_values.to(self.pos_embed.dtype))
         x = x + self._pos_embed(x.shape[1], x.shape[2])
         for blk in self.blocks:

@@ -99,6 +99,44 @@ def test_batch_equals_one_by_one_across_tile_counts_and_modes(got):
     assert got.chat_batch(items, batch_size=3, max_new_tokens=NEW) == alone  # other groupings, same text
 
 
+def test_decode_attention_equals_sdpa():
+    """One query per row (decoding): the plain-matmul path equals transformers' SDPA, with grouped-query heads,
+    a left-padding bool mask, an additive mask and no mask; longer queries go to SDPA itself."""
+    from types import SimpleNamespace
+
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from got.inference import decode_attention
+
+    torch.manual_seed(0)
+    module = SimpleNamespace(num_key_value_groups=2, is_causal=True, training=False)
+    key, value = torch.randn(3, 2, 9, 8), torch.randn(3, 2, 9, 8)
+    pad = torch.ones(3, 1, 1, 9, dtype=torch.bool)
+    pad[1, ..., :4] = False
+    for q_len in (1, 4):
+        query = torch.randn(3, 4, q_len, 8)
+        masks = [None] if q_len > 1 else [None, pad, torch.randn(3, 1, 1, 9)]
+        for mask in masks:
+            want, _ = sdpa_attention_forward(module, query, key, value, mask, scaling=0.3)
+            got_, _ = decode_attention(module, query, key, value, mask, scaling=0.3)
+            assert got_.shape == want.shape == (3, q_len, 4, 8)
+            assert torch.allclose(got_, want, atol=1e-5)
+
+
+def test_cpu_generation_uses_decode_attention_with_sdpa_results(got):
+    """GOT on CPU switches the decoder to decode_attention; a left-padded batch gives SDPA's tokens."""
+    assert got.model.decoder.config._attn_implementation == "got_decode"
+    prompts = [p for im in [noise(256, 256, 21), {"image": noise(768, 256, 22), "crop": True}]
+               for p in (got.prepare(im["image"], crop=True) if isinstance(im, dict) else got.prepare(im))]
+    assert len({len(p.input_ids) for p in prompts}) == 2  # different lengths: left padding in the batch
+    fast = [a.text for a in got.generate(prompts, max_new_tokens=NEW)]
+    got.model.decoder.set_attn_implementation("sdpa")
+    try:
+        assert [a.text for a in got.generate(prompts, max_new_tokens=NEW)] == fast
+    finally:
+        got.model.decoder.set_attn_implementation("got_decode")
+
+
 def test_stop_string_stripped_and_streaming_matches(got):
     tok = got.tokenizer
     hello = tok.encode_ordinary("  Hello wörld 中文\n")

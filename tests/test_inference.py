@@ -123,18 +123,33 @@ def test_decode_attention_equals_sdpa():
             assert torch.allclose(got_, want, atol=1e-5)
 
 
-def test_cpu_generation_uses_decode_attention_with_sdpa_results(got):
-    """GOT on CPU switches the decoder to decode_attention; a left-padded batch gives SDPA's tokens."""
+@pytest.mark.parametrize("batch", ["left-padded pair", "single"])
+def test_cpu_generation_paths_give_transformers_tokens(got, monkeypatch, batch):
+    """GOT on CPU runs decode_attention over a ChunkedKVCache. Alone (no padding: transformers would drop the mask)
+    and in a left-padded batch, with the cache growing over several chunk boundaries, it gives the tokens of
+    transformers' own SDPA + DynamicCache."""
+    import got.inference as inf
+
     assert got.model.decoder.config._attn_implementation == "got_decode"
-    prompts = [p for im in [noise(256, 256, 21), {"image": noise(768, 256, 22), "crop": True}]
-               for p in (got.prepare(im["image"], crop=True) if isinstance(im, dict) else got.prepare(im))]
-    assert len({len(p.input_ids) for p in prompts}) == 2  # different lengths: left padding in the batch
-    fast = [a.text for a in got.generate(prompts, max_new_tokens=NEW)]
-    got.model.decoder.set_attn_implementation("sdpa")
-    try:
-        assert [a.text for a in got.generate(prompts, max_new_tokens=NEW)] == fast
-    finally:
-        got.model.decoder.set_attn_implementation("got_decode")
+    prompts = got.prepare(noise(256, 256, 21)) + got.prepare(noise(768, 256, 22), crop=True)
+    prompts = prompts if batch == "left-padded pair" else prompts[:1]
+    ids = torch.full((len(prompts), max(len(p.input_ids) for p in prompts)), got.tokenizer.endoftext_id)
+    mask = torch.zeros_like(ids)
+    for b, p in enumerate(prompts):
+        ids[b, ids.shape[1] - len(p.input_ids):] = torch.tensor(p.input_ids)
+        mask[b, ids.shape[1] - len(p.input_ids):] = 1
+    pixels = torch.cat([p.pixel_values for p in prompts])
+    monkeypatch.setattr(inf.ChunkedKVLayer, "CHUNK", 8)  # the prompt fills 6-9 chunks, decoding crosses 3 more
+    runs = {}
+    for attn, cache in [("sdpa", None), ("got_decode", inf.ChunkedKVCache)]:
+        got.model.decoder.set_attn_implementation(attn)
+        kw = {"past_key_values": cache()} if cache else {}
+        with torch.inference_mode():
+            runs[attn] = got.model.generate(ids, pixels, attention_mask=mask, max_new_tokens=24, min_new_tokens=24,
+                                            **kw).tolist()
+    got.model.decoder.set_attn_implementation("got_decode")
+    assert runs["got_decode"] == runs["sdpa"]
+    assert len(runs["sdpa"][0]) == 24 and len(set(runs["sdpa"][0])) > 3
 
 
 def test_stop_string_stripped_and_streaming_matches(got):

@@ -1,6 +1,6 @@
 """Model configuration: a vision tower, a projector width, a decoder config dict and the special token ids.
 
-Presets are YAML data in `configs/model/` (base, stage1, tiny, tiny_stage1). The decoder part is a COMPLETE
+Presets are YAML data in `configs/model/` (shipped in the wheel as `got/configs/model/`: base, stage1, tiny, tiny_stage1). The decoder part is a COMPLETE
 transformers config dict (with `model_type`), because partial dicts silently fill with plain Qwen2 defaults.
 """
 from __future__ import annotations
@@ -13,7 +13,11 @@ from typing import Any
 
 import yaml
 
-PRESET_DIR = Path(__file__).resolve().parent.parent / "configs" / "model"
+# configs/ of the checkout; an installed wheel carries the same files as got/configs/ (see pyproject.toml).
+_HERE = Path(__file__).resolve().parent
+CONFIG_DIR = next((d for d in (_HERE.parent / "configs", _HERE / "configs") if (d / "model").is_dir()),
+                  _HERE.parent / "configs")
+PRESET_DIR = CONFIG_DIR / "model"
 TOKEN_FIELDS = ("endoftext_id", "im_start_id", "im_end_id", "img_start_id", "img_end_id", "img_pad_id")
 
 

@@ -36,7 +36,9 @@ import numpy as np
 import torch
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
+from got.config import CONFIG_DIR
+
+REPO = CONFIG_DIR.parent  # "configs/..." paths resolve here: the checkout, or the installed package (wheel)
 log = logging.getLogger("got.train")
 
 # Every key a training config may hold; YAML files and key=value overrides are checked against it.

@@ -1,0 +1,46 @@
+"""The built wheel is usable without the checkout: presets, stage configs, DeepSpeed JSON and the tokenizer ship
+inside it, and an installed copy (run from elsewhere, checkout not on the path) loads them."""
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("wheel")
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out),
+                        str(REPO)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    (whl,) = out.glob("got_ocr-*.whl")
+    return whl
+
+
+def test_wheel_carries_configs_and_tokenizer(wheel):
+    names = set(zipfile.ZipFile(wheel).namelist())
+    want = {f"got/configs/model/{p}.yaml" for p in ("base", "stage1", "tiny", "tiny_stage1")}
+    want |= {"got/configs/stage1.yaml", "got/configs/stage2.yaml", "got/configs/stage3.yaml",
+             "got/configs/finetune.yaml", "got/configs/deepspeed/zero2.json", "got/assets/got_bpe.tiktoken",
+             "stages/stage2_joint.py", "data_engines/plain.py"}
+    assert want <= names, sorted(want - names)
+
+
+def test_installed_wheel_finds_presets_outside_the_checkout(wheel, tmp_path):
+    site = tmp_path / "site"
+    r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-compile", "--target", str(site),
+                        str(wheel)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    code = ("import got.config as c, got.trainer as t; from got.tokenizer import GOTTokenizer; "
+            "assert str(c.PRESET_DIR).startswith(%r), c.PRESET_DIR; "
+            "print(c.list_presets(), c.load_config('base').vision.embed_dim, "
+            "t.resolve_path('configs/deepspeed/zero2.json').is_file(), GOTTokenizer.default().vocab_size)" % str(site))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                       env=dict(env, PYTHONPATH=str(site)))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split("\n")[0] == "['base', 'stage1', 'tiny', 'tiny_stage1'] 768 True 16601"

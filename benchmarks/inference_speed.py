@@ -3,7 +3,7 @@ transformers' GotOcr2ForConditionalGeneration on the same (random) weights and t
 
     python benchmarks/inference_speed.py [--new-tokens 32] [--threads 2] [--work /tmp/got_bench]
 
-Every measurement runs in a fresh subprocess so peak RSS (ru_maxrss) belongs to that run alone. Both sides
+Every measurement runs in a fresh subprocess so peak RSS (VmHWM) belongs to that run alone. Both sides
 generate exactly --new-tokens tokens (min_new_tokens = max_new_tokens), greedy, from identical input ids and
 pixels; ours with its defaults (no_repeat_ngram_size=20, repetition guard), transformers with its own.
 Random weights: the base preset is built once (seeded) and cached in --work with a Qwen-sized tokenizer
@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -62,7 +61,11 @@ def page_images(n: int):
 
 
 def peak_rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
+    """This process's peak RSS (VmHWM). Not ru_maxrss: Linux carries that across fork + exec, so a child started
+    by a parent that once held a model would report the parent's peak."""
+    with open("/proc/self/status") as f:
+        kb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    return kb / 2**20
 
 
 def run_ours(model_dir: Path, batch: int, pages: int, new_tokens: int) -> dict:

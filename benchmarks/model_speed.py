@@ -9,14 +9,14 @@ from other jobs on a shared machine hits both alike. Peak RSS: each implementati
     python benchmarks/model_speed.py --dtypes bf16 --rounds 1 --threads 1
 
 Decode tok/s is timed per token inside generate (a stopping criterion that only records timestamps), so it
-covers the KV-cached steps alone; "first token" is encoder + prefill.
+covers the KV-cached steps alone; "first token" is encoder + prefill. Ours runs as `got.inference.GOT` does on
+CPU: decoder attention for single-token steps as plain matmuls (`use_decode_attention`), the prompt through SDPA.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -67,6 +67,14 @@ def prompt_ids(cfg_tokens: dict[str, int]) -> list[int]:
             + [cfg_tokens["im_end"], cfg_tokens["im_start"]] + text(3))
 
 
+def peak_rss_gb() -> float:
+    """This process's peak RSS (VmHWM). Not ru_maxrss: Linux carries that across fork + exec, so a child started
+    by a parent that once held a model would report the parent's peak."""
+    with open("/proc/self/status") as f:
+        kb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    return kb / 2**20
+
+
 def load(impl: str, dtype: str, workdir: Path):
     """(encode(pixels), generate(ids, pixels, n, clock) -> new ids) for one implementation."""
     import torch
@@ -75,8 +83,10 @@ def load(impl: str, dtype: str, workdir: Path):
     dt = getattr(torch, DTYPES[dtype])
     if impl == "ours":
         from got.checkpoint import load_model
+        from got.inference import use_decode_attention
 
         model = load_model(workdir / f"ours-{dtype}", dtype=dt)
+        use_decode_attention(model.decoder)  # as `GOT` runs it on CPU
         encode = lambda px: model.encode_images(px)  # noqa: E731
         generate = lambda ids, px, n, clock: model.generate(  # noqa: E731
             ids, px, max_new_tokens=n, min_new_tokens=n, stopping_criteria=StoppingCriteriaList([clock]))
@@ -140,7 +150,7 @@ def rss_worker(impl: str, dtype: str, workdir: Path) -> dict:
     with torch.inference_mode():
         encode(pixels)
         generate(ids, pixels, 8, Clock())
-    return {"peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+    return {"peak_rss_gb": peak_rss_gb()}
 
 
 class Clock:

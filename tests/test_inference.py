@@ -152,6 +152,28 @@ def test_cpu_generation_paths_give_transformers_tokens(got, monkeypatch, batch):
     assert len(runs["sdpa"][0]) == 24 and len(set(runs["sdpa"][0])) > 3
 
 
+def test_cpu_generation_paths_on_the_stage1_opt_decoder(tmp_path, monkeypatch):
+    """A stage-1 checkpoint (OPT decoder) chats through the same CPU decode path, with SDPA + DynamicCache's text."""
+    import got.inference as inf
+
+    torch.manual_seed(0)
+    model = GOTModel(load_config("tiny_stage1"))
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(0, 0.1)
+    save_pretrained(model, tmp_path, tokenizer=GOTTokenizer.default())
+    opt = GOT.from_pretrained(tmp_path, dtype="float32", device="cpu")
+    assert type(opt.model.decoder).__name__ == "OPTForCausalLM"
+    assert opt.model.decoder.config._attn_implementation == "got_decode"
+    monkeypatch.setattr(inf.ChunkedKVLayer, "CHUNK", 8)
+    items = [noise(256, 256, 23), {"image": noise(768, 256, 24), "crop": True}]
+    fast = opt.chat_batch(items, max_new_tokens=NEW)
+    opt.model.decoder.set_attn_implementation("sdpa")
+    monkeypatch.setattr(inf, "ChunkedKVCache", inf.DynamicCache)
+    assert opt.chat_batch(items, max_new_tokens=NEW) == fast
+
+
 def test_stop_string_stripped_and_streaming_matches(got):
     tok = got.tokenizer
     hello = tok.encode_ordinary("  Hello wörld 中文\n")

@@ -318,3 +318,19 @@ def test_lora_trains_adapters_and_exports_merged(tiny, tmp_path):
     assert base.keys() == new.keys()
     changed = {k for k in base if not torch.equal(base[k], new[k])}
     assert changed and all(k.split(".")[-2] in ("q_proj", "k_proj", "v_proj", "o_proj") for k in changed)
+
+
+def test_cli_overrides_may_follow_options(monkeypatch, capsys):
+    """`got train --stage 1 a=1 --resume auto b=2`: both overrides reach the trainer; a stray option is an error."""
+    import got.trainer as trainer
+    from got.cli import main as got_main
+
+    seen = {}
+    monkeypatch.setattr(trainer, "cli_main", lambda args: seen.update(vars(args)) or 0)
+    assert got_main(["train", "--stage", "1", "train.lr=1e-4", "--resume", "auto", "train.steps=5"]) == 0
+    assert seen["overrides"] == ["train.lr=1e-4", "train.steps=5"] and seen["resume"] == "auto"
+    with pytest.raises(SystemExit):
+        got_main(["train", "--stage", "1", "--resume", "auto", "--no-such-flag"])
+    assert "unrecognized arguments: --no-such-flag" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        got_main(["chat", "x.png", "--model", "m", "a=1"])  # only train takes KEY=VALUE

@@ -1,11 +1,10 @@
-"""Shared by the evaluation tests: rendered text lines and tiny GOT models trained for a few steps in-process
-(plain AdamW, no DeepSpeed start-up), saved as real checkpoints with a trainer-style run log."""
+"""Shared by the evaluation tests: rendered text lines and tiny GOT models trained for a few steps by `got train`
+(real run directories: checkpoints, metrics.jsonl, summary.json)."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import torch
 from PIL import Image, ImageDraw
 
 from data_engines.fonts import load_font
@@ -62,44 +61,17 @@ def tiny_config(hidden: int = 128):
 
 
 def train_tiny(data_json: Path, run_dir: Path, hidden: int = 128, steps: int = 6, lr: float = 3e-3, seed: int = 0):
-    """Train a tiny GOT on every record of data_json (one full batch per step), save the model to
-    run_dir/model and a trainer-style run log (metrics.jsonl, summary.json). Returns the model directory."""
-    from got.checkpoint import save_pretrained
-    from got.modeling import GOTModel
-    from got.processor import ImageProcessor
-    from got.prompts import IGNORE_INDEX, encode_conversation, parse_record
-    from got.tokenizer import GOTTokenizer
+    """`got train` (stage 2 recipe, DeepSpeed ZeRO-0, fp32) of a fresh tiny GOT with this decoder width on every
+    record of data_json, one full batch per step at a constant lr. Returns run_dir/model, the newest export."""
+    from train_helpers import got_train
 
-    torch.manual_seed(seed)
-    cfg = tiny_config(hidden)
-    model, tok = GOTModel(cfg), GOTTokenizer.default()
-    proc = ImageProcessor(cfg.image_size)
-    pixels, seqs = [], []
-    for record in json.loads(data_json.read_text()):
-        images, turns = parse_record(record, data_json.parent)
-        pixels.append(proc.preprocess(images[0]))
-        seqs.append(encode_conversation(tok, turns, cfg.image_token_len))
-    width = max(len(ids) for ids, _ in seqs)
-    ids = torch.full((len(seqs), width), tok.endoftext_id)
-    labels = torch.full((len(seqs), width), IGNORE_INDEX)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for b, (i, lab) in enumerate(seqs):
-        ids[b, :len(i)], labels[b, :len(lab)], mask[b, :len(i)] = torch.tensor(i), torch.tensor(lab), 1
-    pixel_values = torch.stack(pixels)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr)
     run_dir.mkdir(parents=True, exist_ok=True)
-    rows, tokens = [], 0
-    model.train()
-    for step in range(1, steps + 1):
-        loss = model(ids, pixel_values, attention_mask=mask, labels=labels).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        tokens += int(mask.sum())
-        rows.append({"step": step, "loss": loss.item(), "lr": lr})
-    model.eval()
-    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (run_dir / "summary.json").write_text(json.dumps({"steps": steps, "tokens_total": tokens,
-                                                      "model": str(run_dir / "model")}))
-    save_pretrained(model, run_dir / "model", tokenizer=tok)
+    preset = run_dir / "preset.json"
+    preset.write_text(json.dumps(tiny_config(hidden).to_dict()))
+    n = len(json.loads(data_json.read_text()))
+    got_train(["--stage", "2", "--config", "configs/tiny_stage2.yaml", "--data", str(data_json),
+               "--output", str(run_dir), f"model.preset={preset}", "model.encoder_from=null",
+               f"train.max_steps={steps}", f"train.global_batch_size={n}", f"train.micro_batch_size={n}",
+               f"train.lr={lr}", "train.warmup_steps=0", "train.min_lr_ratio=1.0", f"train.seed={seed}",
+               "data.max_length=256", f"output.save_every={steps}", "output.keep_last=1"])
     return run_dir / "model"

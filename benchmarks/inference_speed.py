@@ -9,7 +9,8 @@ pixels; ours with its defaults (no_repeat_ngram_size=20) but the repetition guar
 the guard would end them early), transformers with its own.
 Random weights: the base preset is built once (seeded) and cached in --work with a Qwen-sized tokenizer
 (the bundled BPE padded to 151643 ranks, so the special ids are the released ones).
-Targets (issue 6): ours batch-8 pages/s >= 5x transformers batch-1; peak RSS <= 2.0 GB for one page.
+Targets (issue 6): ours batch-8 pages/s >= 5x transformers batch-1; peak RSS <= 2.0 GB for one page. One more
+row: ours with `int8=True` (the decoder's Linear layers dynamically quantised), batch 1.
 """
 from __future__ import annotations
 
@@ -80,12 +81,12 @@ def peak_rss_gb() -> float:
     return kb / 2**20
 
 
-def run_ours(model_dir: Path, batch: int, pages: int, new_tokens: int) -> dict:
+def run_ours(model_dir: Path, batch: int, pages: int, new_tokens: int, int8: bool = False) -> dict:
     """Fresh process: load, one cold page (what `got chat page.png` costs), then `pages` pages timed."""
     from got.inference import GOT
 
     t0 = time.perf_counter()
-    got = GOT.from_pretrained(model_dir, dtype="bfloat16", device="cpu")
+    got = GOT.from_pretrained(model_dir, dtype="bfloat16", device="cpu", int8=int8)
     load_s = time.perf_counter() - t0
     got.generation["min_new_tokens"] = new_tokens
     got.repetition_guard = None  # random weights do loop; the guard would end them early (a real page would not)
@@ -140,7 +141,7 @@ def child(args) -> None:
 
     torch.set_num_threads(args.threads)
     if args.child == "ours":
-        r = run_ours(Path(args.model), args.batch, args.pages, args.new_tokens)
+        r = run_ours(Path(args.model), args.batch, args.pages, args.new_tokens, bool(args.int8))
     else:
         r = run_theirs(Path(args.model), Path(args.ours), args.pages, args.new_tokens)
     r["peak_rss_gb"] = peak_rss_gb()
@@ -169,6 +170,7 @@ def main() -> None:
     p.add_argument("--ours", help=argparse.SUPPRESS)
     p.add_argument("--batch", type=int, default=1, help=argparse.SUPPRESS)
     p.add_argument("--pages", type=int, default=1, help=argparse.SUPPRESS)
+    p.add_argument("--int8", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         return child(args)
@@ -178,7 +180,8 @@ def main() -> None:
     load0 = os.getloadavg()[0]
     rows = {"ours, batch 1": spawn(args, child="ours", model=ours, batch=1, pages=2),
             "ours, batch 8": spawn(args, child="ours", model=ours, batch=8, pages=8),
-            "transformers got_ocr2, batch 1": spawn(args, child="theirs", model=theirs, ours=ours, pages=2)}
+            "transformers got_ocr2, batch 1": spawn(args, child="theirs", model=theirs, ours=ours, pages=2),
+            "ours --int8 (decoder int8), batch 1": spawn(args, child="ours", model=ours, batch=1, pages=2, int8=1)}
     print(f"\n{args.threads} threads, bf16, {args.new_tokens} new tokens per page; 1-min load average "
           f"{load0:.1f} at the start, {os.getloadavg()[0]:.1f} at the end\n")
     print("| run | pages/s | s/page | CPU s/page | first page s (cold) | load s | peak RSS GB, load + first page | "
@@ -187,12 +190,14 @@ def main() -> None:
         print(f"| {name} ({r['pages']} pages) | {r['pages'] / r['seconds']:.3f} | {r['seconds'] / r['pages']:.1f} | "
               f"{r['cpu'] / r['pages']:.1f} | {r['first_s']:.1f} | {r['load_s']:.1f} | {r['first_rss_gb']:.2f} | "
               f"{r['peak_rss_gb']:.2f} |")
-    b1, b8, hf = rows.values()
+    b1, b8, hf, q8 = rows.values()
     speedup = (b8["pages"] / b8["seconds"]) / (hf["pages"] / hf["seconds"])
     print(f"\nours batch-8 / transformers batch-1 pages/s: {speedup:.2f}x (target >= 5x); ours batch-1: "
           f"{(b1['pages'] / b1['seconds']) / (hf['pages'] / hf['seconds']):.2f}x; by CPU time per page: "
           f"{(hf['cpu'] / hf['pages']) / (b8['cpu'] / b8['pages']):.2f}x and "
           f"{(hf['cpu'] / hf['pages']) / (b1['cpu'] / b1['pages']):.2f}x")
+    print(f"int8 decoder option, batch 1: {(q8['pages'] / q8['seconds']) / (hf['pages'] / hf['seconds']):.2f}x "
+          f"transformers batch-1 pages/s")
     print(f"peak RSS, load + one page: ours {b1['first_rss_gb']:.2f} GB (target <= 2.0), transformers "
           f"{hf['first_rss_gb']:.2f} GB")
     print(f"bf16: batch 8 gives the batch-1 text on page 1: {b8['texts'][0] == b1['texts'][0]}; same text as "

@@ -10,7 +10,8 @@ from other jobs on a shared machine hits both alike. Peak RSS: each implementati
 
 Decode tok/s is timed per token inside generate (a stopping criterion that only records timestamps), so it
 covers the KV-cached steps alone; "first token" is encoder + prefill. Ours runs as `got.inference.GOT` does on
-CPU: decoder attention for single-token steps as plain matmuls (`use_decode_attention`), the prompt through SDPA.
+CPU: decoder attention for single-token steps as plain matmuls (`use_decode_attention`), the prompt through SDPA,
+and the KV cache written in place (`ChunkedKVCache`).
 """
 from __future__ import annotations
 
@@ -83,13 +84,14 @@ def load(impl: str, dtype: str, workdir: Path):
     dt = getattr(torch, DTYPES[dtype])
     if impl == "ours":
         from got.checkpoint import load_model
-        from got.inference import use_decode_attention
+        from got.inference import ChunkedKVCache, use_decode_attention
 
         model = load_model(workdir / f"ours-{dtype}", dtype=dt)
         use_decode_attention(model.decoder)  # as `GOT` runs it on CPU
         encode = lambda px: model.encode_images(px)  # noqa: E731
         generate = lambda ids, px, n, clock: model.generate(  # noqa: E731
-            ids, px, max_new_tokens=n, min_new_tokens=n, stopping_criteria=StoppingCriteriaList([clock]))
+            ids, px, max_new_tokens=n, min_new_tokens=n, stopping_criteria=StoppingCriteriaList([clock]),
+            past_key_values=ChunkedKVCache())
     else:
         from transformers import GotOcr2ForConditionalGeneration
 

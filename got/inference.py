@@ -104,21 +104,29 @@ class ChunkedKVLayer(DynamicLayer):
 
     CHUNK = 256
 
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.length = 0
+
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         self.dtype, self.device = key_states.dtype, key_states.device
         self.keys = self.values = None
         self.length = 0
         self.is_initialized = True
 
+    def _capacity(self, n: int) -> int:
+        return -(-n // self.CHUNK) * self.CHUNK
+
     def _full(self, query_length: int) -> bool:
-        return query_length == 1 and getattr(self, "length", 0) > 0
+        """A one-token step after the prompt: attend over the whole buffer (the mask covers its capacity)."""
+        return query_length == 1 and self.length > 0
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
-        n = getattr(self, "length", 0) + query_length
-        return (-(-n // self.CHUNK) * self.CHUNK if self._full(query_length) else n), 0
+        n = self.length + query_length
+        return (self._capacity(n) if self._full(query_length) else n), 0
 
     def get_seq_length(self) -> int:
-        return getattr(self, "length", 0)
+        return self.length
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         if not self.is_initialized:
@@ -126,7 +134,7 @@ class ChunkedKVLayer(DynamicLayer):
         full, old = self._full(key_states.shape[-2]), self.length
         n = old + key_states.shape[-2]
         if self.keys is None or self.keys.shape[-2] < n:
-            cap = -(-n // self.CHUNK) * self.CHUNK
+            cap = self._capacity(n)
             keys = key_states.new_zeros(*key_states.shape[:-2], cap, key_states.shape[-1])
             values = value_states.new_zeros(*value_states.shape[:-2], cap, value_states.shape[-1])
             if old:

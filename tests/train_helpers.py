@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from got.trainer import free_port
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -66,19 +68,11 @@ def got_train(args: list[str], nproc: int = 1, check: bool = True, timeout: int 
         cmd = [sys.executable, "-m", "got.cli", "train", *args]
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
-               str(_free_port()), "-m", "got.cli", "train", *args]
+               str(free_port()), "-m", "got.cli", "train", *args]
     p = subprocess.run(cmd, cwd=REPO, env=env(**extra_env), capture_output=True, text=True, timeout=timeout)
     if check and p.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-6000:]}")
     return p
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def metrics(run: Path) -> list[dict]:

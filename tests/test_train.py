@@ -44,6 +44,13 @@ def encoder_for(model, tok, max_length=256):
     return SampleEncoder(tok, c.image_size, c.image_token_len, max_length)
 
 
+def encoded_lines(model, tok, lines, path, n: int) -> list:
+    """The first n rendered line records, written to path and encoded as the trainer reads them."""
+    root, records = lines
+    src, encoder = JsonSource(write_json(path, records), image_root=root), encoder_for(model, tok)
+    return [src.get(i, encoder) for i in range(n)]
+
+
 # ---- config ------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["stage1", "stage2", "stage3", "finetune", "tiny_stage1", "tiny_stage2",
                                   "tiny_stage3", "tiny_finetune"])
@@ -204,9 +211,8 @@ def test_ms_swift_jsonl(tiny, lines, tmp_path):
 
 def test_collate_right_pads_and_masks(tiny, lines, tmp_path):
     model, tok = tiny
-    root, records = lines
-    src = JsonSource(write_json(tmp_path / "d.json", records), image_root=root)
-    items = [src.get(i, encoder_for(model, tok)) for i in range(3)]
+    records = lines[1]
+    items = encoded_lines(model, tok, lines, tmp_path / "d.json", 3)
     batch = Collator(tok.endoftext_id, 256)(items)
     ids, labels, mask = batch["input_ids"], batch["labels"], batch["attention_mask"]
     for r, ex in enumerate(items):
@@ -228,9 +234,7 @@ def test_token_loss_equals_full_logits_loss(preset, tiny, lines, tmp_path):
 
     torch.manual_seed(0)
     model, tok = GOTModel(load_config(preset)).eval(), tiny[1]
-    root, records = lines
-    src = JsonSource(write_json(tmp_path / "p.json", records), image_root=root)
-    b = Collator(tok.endoftext_id, 256)([src.get(i, encoder_for(model, tok)) for i in range(3)])
+    b = Collator(tok.endoftext_id, 256)(encoded_lines(model, tok, lines, tmp_path / "p.json", 3))
     with torch.no_grad():
         full = _token_loss_sum(model(input_ids=b["input_ids"], pixel_values=b["pixel_values"],
                                      attention_mask=b["attention_mask"]).logits, b["labels"])
@@ -243,9 +247,7 @@ def test_packing_keeps_samples_apart(tiny, lines, tmp_path):
     from got.trainer import TokenLoss
 
     model, tok = tiny
-    root, records = lines
-    src = JsonSource(write_json(tmp_path / "p.json", records), image_root=root)
-    items = [src.get(i, encoder_for(model, tok)) for i in range(4)]
+    items = encoded_lines(model, tok, lines, tmp_path / "p.json", 4)
     padded = Collator(tok.endoftext_id, 256)(items)
     packed = Collator(tok.endoftext_id, 256, pack=True)(items)
     assert packed["input_ids"].shape[0] < padded["input_ids"].shape[0] and packed["attention_mask"] is None

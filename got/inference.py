@@ -178,6 +178,17 @@ class Prompt:
     index: int = 0                    # position of the input in the caller's list
 
 
+def left_padded(prompts: Sequence[Prompt], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask, pixel_values) of a batch, LEFT-padded so every prompt ends at the last column."""
+    width = max(len(p.input_ids) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for b, p in enumerate(prompts):
+        ids[b, width - len(p.input_ids):] = torch.tensor(p.input_ids)
+        mask[b, width - len(p.input_ids):] = 1
+    return ids, mask, torch.cat([p.pixel_values for p in prompts])
+
+
 @dataclass
 class Answer:
     source: str
@@ -534,19 +545,14 @@ class GOT:
                         extra_stops: Sequence[StoppingCriteria] = ()) -> list[Answer]:
         t0 = time.perf_counter()
         pad = self.tokenizer.endoftext_id
-        width = max(len(p.input_ids) for p in batch)
-        ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for b, p in enumerate(batch):  # LEFT padding
-            ids[b, width - len(p.input_ids):] = torch.tensor(p.input_ids)
-            mask[b, width - len(p.input_ids):] = 1
-        pixels = torch.cat([p.pixel_values for p in batch]).to(self.device)
+        ids, mask, pixels = left_padded(batch, pad)
+        pixels = pixels.to(self.device)
         guard = self.repetition_guard() if self.repetition_guard else None
         criteria = StoppingCriteriaList([c for c in [guard, *extra_stops] if c is not None])
         kwargs = dict(self.generation)
         if not batch[0].multi_page and self.no_repeat_ngram_size:
             kwargs["no_repeat_ngram_size"] = self.no_repeat_ngram_size
-        max_new = max(1, min(max_new_tokens, self.max_positions - width))
+        max_new = max(1, min(max_new_tokens, self.max_positions - ids.shape[1]))
         if self.device.type == "cpu":
             kwargs["past_key_values"] = ChunkedKVCache()
         with self._autocast():

@@ -133,12 +133,7 @@ def test_cpu_generation_paths_give_transformers_tokens(got, monkeypatch, batch):
     assert got.model.decoder.config._attn_implementation == "got_decode"
     prompts = got.prepare(noise(256, 256, 21)) + got.prepare(noise(768, 256, 22), crop=True)
     prompts = prompts if batch == "left-padded pair" else prompts[:1]
-    ids = torch.full((len(prompts), max(len(p.input_ids) for p in prompts)), got.tokenizer.endoftext_id)
-    mask = torch.zeros_like(ids)
-    for b, p in enumerate(prompts):
-        ids[b, ids.shape[1] - len(p.input_ids):] = torch.tensor(p.input_ids)
-        mask[b, ids.shape[1] - len(p.input_ids):] = 1
-    pixels = torch.cat([p.pixel_values for p in prompts])
+    ids, mask, pixels = inf.left_padded(prompts, got.tokenizer.endoftext_id)
     monkeypatch.setattr(inf.ChunkedKVLayer, "CHUNK", 8)  # the prompt fills 6-9 chunks, decoding crosses 3 more
     runs = {}
     for attn, cache in [("sdpa", None), ("got_decode", inf.ChunkedKVCache)]:

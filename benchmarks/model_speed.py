@@ -68,14 +68,6 @@ def prompt_ids(cfg_tokens: dict[str, int]) -> list[int]:
             + [cfg_tokens["im_end"], cfg_tokens["im_start"]] + text(3))
 
 
-def peak_rss_gb() -> float:
-    """This process's peak RSS (VmHWM). Not ru_maxrss: Linux carries that across fork + exec, so a child started
-    by a parent that once held a model would report the parent's peak."""
-    with open("/proc/self/status") as f:
-        kb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
-    return kb / 2**20
-
-
 def load(impl: str, dtype: str, workdir: Path):
     """(encode(pixels), generate(ids, pixels, n, clock) -> new ids) for one implementation."""
     import torch
@@ -145,6 +137,7 @@ def time_worker(dtype: str, workdir: Path, rounds: int) -> dict:
 
 def rss_worker(impl: str, dtype: str, workdir: Path) -> dict:
     """Peak RSS of one implementation alone: load, encode, generate 8 tokens."""
+    from inference_speed import peak_rss_gb  # one VmHWM reader for both scripts; this folder is on sys.path
     import torch
 
     encode, generate = load(impl, dtype, workdir)

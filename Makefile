@@ -10,7 +10,7 @@ test: setup
 
 # Build the tiny preset and run one forward pass + a short generation.
 demo: setup
-	HF_HUB_OFFLINE=1 got demo --preset tiny
+	HF_HUB_OFFLINE=1 got demo
 
 bench: setup
 	$(PY) benchmarks/model_speed.py

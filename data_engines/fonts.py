@@ -16,10 +16,25 @@ FONTS: dict[str, tuple[str, list[str]]] = {
     "liberation-sans": ("fonts-liberation", ["truetype/liberation/LiberationSans-Regular.ttf"]),
     "liberation-serif": ("fonts-liberation", ["truetype/liberation/LiberationSerif-Regular.ttf"]),
     "liberation-mono": ("fonts-liberation", ["truetype/liberation/LiberationMono-Regular.ttf"]),
+    # URW base 35: the metric twins of Times, Helvetica, Courier & co. that most PDFs are set in.
+    "nimbus-roman": ("fonts-urw-base35", ["opentype/urw-base35/NimbusRoman-Regular.otf"]),
+    "nimbus-roman-italic": ("fonts-urw-base35", ["opentype/urw-base35/NimbusRoman-Italic.otf"]),
+    "nimbus-roman-bold": ("fonts-urw-base35", ["opentype/urw-base35/NimbusRoman-Bold.otf"]),
+    "nimbus-sans": ("fonts-urw-base35", ["opentype/urw-base35/NimbusSans-Regular.otf"]),
+    "nimbus-sans-bold": ("fonts-urw-base35", ["opentype/urw-base35/NimbusSans-Bold.otf"]),
+    "nimbus-mono": ("fonts-urw-base35", ["opentype/urw-base35/NimbusMonoPS-Regular.otf"]),
+    "nimbus-mono-bold": ("fonts-urw-base35", ["opentype/urw-base35/NimbusMonoPS-Bold.otf"]),
+    "urw-gothic": ("fonts-urw-base35", ["opentype/urw-base35/URWGothic-Book.otf"]),
+    # Held out of every training mix: the unseen fonts of the held-out evaluation sets (docs/default_model.md).
+    "c059": ("fonts-urw-base35", ["opentype/urw-base35/C059-Roman.otf"]),
+    "p052": ("fonts-urw-base35", ["opentype/urw-base35/P052-Roman.otf"]),
+    "urw-bookman": ("fonts-urw-base35", ["opentype/urw-base35/URWBookman-Light.otf"]),
     "cjk-sans": ("fonts-noto-cjk", ["opentype/noto/NotoSansCJK-Regular.ttc"]),
     "cjk-serif": ("fonts-noto-cjk", ["opentype/noto/NotoSerifCJK-Regular.ttc"]),
 }
-LATIN_FAMILIES = ["sans", "serif", "mono", "liberation-sans", "liberation-serif"]
+LATIN_FAMILIES = ["sans", "serif", "mono", "liberation-sans", "liberation-serif", "liberation-mono", "nimbus-roman",
+                  "nimbus-roman-italic", "nimbus-sans", "nimbus-mono", "urw-gothic"]
+HELD_OUT_FAMILIES = ["c059", "p052", "urw-bookman"]
 CJK_FAMILIES = ["cjk-sans", "cjk-serif"]
 FONT_ROOTS = [Path("/usr/share/fonts"), Path("/usr/local/share/fonts")]
 

@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw, ImageFont
 from data_engines import text as T
 from data_engines.base import Sample
 
-LAYOUTS = ("page", "line", "paragraph")
+LAYOUTS = ("page", "line", "paragraph", "page_line")
 
 
 @dataclass
@@ -222,7 +222,8 @@ def page_size(rng: random.Random) -> tuple[int, int]:
 class PlainEngine:
     """Plain-text pages and slices.
 
-    lang: "en" | "zh" | None (both, evenly); layout: "page" | "line" | "paragraph" | None (0.5/0.25/0.25);
+    lang: "en" | "zh" | None (both, evenly); layout: "page" | "line" | "paragraph" | None (0.5/0.25/0.25), or
+    "page_line" (a line of a page cut the way got.layout cuts pages for a text-line model; never drawn by None);
     format_prob: share of pages / paragraphs whose target is markdown with the "OCR with format: " query.
     """
     name = "plain"
@@ -236,9 +237,9 @@ class PlainEngine:
         from got.prompts import build_query
 
         lang = self.lang or rng.choice(T.LANGS)
-        layout = self.layout or rng.choices(LAYOUTS, [0.5, 0.25, 0.25])[0]
-        if layout == "line":
-            img, text = render_line(rng, lang)
+        layout = self.layout or rng.choices(LAYOUTS[:3], [0.5, 0.25, 0.25])[0]
+        if layout in ("line", "page_line"):
+            img, text = (render_line if layout == "line" else render_page_line)(rng, lang)
             return Sample([img], conversation(build_query("plain"), text), {"lang": lang, "layout": layout})
         markdown = rng.random() < self.format_prob
         if layout == "page":
@@ -271,6 +272,22 @@ def render_line(rng: random.Random, lang: str, size: tuple[int, int] = (16, 48))
     img = Image.new("RGB", (w, bot - top + 2 * pad_y), paper)
     T.draw_text(ImageDraw.Draw(img), (pad_x, pad_y - top), text, font, ink)
     return img, text
+
+
+def render_page_line(rng: random.Random, lang: str) -> tuple[Image.Image, str]:
+    """One line of a laid-out page (body text, heading, title, running header or page number, in the page's small
+    print), cut with the margins got.layout.line_segments leaves (jittered): what a line model sees of a page."""
+    size = page_size(rng)
+    style = random_style(rng, lang, size)
+    page = layout_page(rng, style, size, max_chars=rng.randint(80, 600))
+    line = rng.choice(page.lines)
+    x0, y0, x1, y1 = line.box
+    h = y1 - y0
+    box = (max(0, round(x0 - h * rng.uniform(0.2, 0.8))), max(0, round(y0 - h * rng.uniform(0.05, 0.3))),
+           min(size[0], round(x1 + h * rng.uniform(0.2, 0.8))), min(size[1], round(y1 + h * rng.uniform(0.05, 0.3))))
+    img = Image.new("RGB", (box[2] - box[0], box[3] - box[1]), style.paper)
+    T.draw_text(ImageDraw.Draw(img), (line.origin[0] - box[0], line.origin[1] - box[1]), line.text, line.font, line.fill)
+    return img, line.text
 
 
 def render_paragraph(rng: random.Random, lang: str) -> tuple[Image.Image, list[Line]]:

@@ -21,7 +21,9 @@ from data_engines.fonts import CJK_FAMILIES, LATIN_FAMILIES, face_index, font_pa
 LANGS = ("en", "zh")
 BODY_FAMILIES = {"en": LATIN_FAMILIES, "zh": CJK_FAMILIES}
 BOLD_FAMILY = {"sans": "sans-bold", "serif": "serif-bold", "liberation-sans": "sans-bold",
-               "liberation-serif": "serif-bold", "mono": "sans-bold"}
+               "liberation-serif": "serif-bold", "mono": "sans-bold", "liberation-mono": "nimbus-mono-bold",
+               "nimbus-roman": "nimbus-roman-bold", "nimbus-roman-italic": "nimbus-roman-bold",
+               "nimbus-sans": "nimbus-sans-bold", "nimbus-mono": "nimbus-mono-bold", "urw-gothic": "nimbus-sans-bold"}
 
 # Words a reader would not expect in a document; wordfreq's web-derived lists contain a few.
 _BLOCKED = frozenset("""fuck fucking fucked fucker shit shitty bitch bitches cunt dick dicks cock pussy twat slut

@@ -14,9 +14,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
+import random
 import re
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
@@ -29,6 +33,9 @@ WEIGHTS_NAME = "model.safetensors"
 WEIGHTS_INDEX = "model.safetensors.index.json"
 BIN_NAME = "pytorch_model.bin"
 BIN_INDEX = "pytorch_model.bin.index.json"
+CKPT_RE = re.compile(r"^step-(\d+)$")
+# The default model ships inside the package (docs/default_model.md); `None` or "default" names it.
+DEFAULT_MODEL = Path(__file__).resolve().parent / "assets" / "default"
 DEFAULT_SHARD_BYTES = 2 * 10**9
 
 # Vision-tower names: ours (= original GOT without prefix) <-> transformers got_ocr2 (inside model.vision_tower).
@@ -311,10 +318,13 @@ def load_weights(model: GOTModel, sd: dict[str, torch.Tensor], strict: bool = Tr
 
 def load_model(path: str | Path, config: str | GOTConfig | None = None, dtype: torch.dtype | None = None,
                device: str | torch.device | None = None, strict: bool = True) -> GOTModel:
-    """A GOTModel from our directory, an original GOT or got_ocr2 directory, or a bare weights file (+ config)."""
+    """A GOTModel from any model directory `resolve_model_dir` finds (ours, original GOT, got_ocr2, a run or
+    checkpoint dir, a cached hub id), or from a bare weights file (+ config)."""
     path = Path(path)
-    if not path.exists():
+    if not path.exists() and not is_repo_id(path):
         raise FileNotFoundError(f"{path}: no such checkpoint file or directory")
+    if not path.is_file() and not (config is not None and path.is_dir()):  # a bare weights dir needs no config.json
+        path = resolve_model_dir(path)
     raw = None
     if config is None:
         cfg_path = (path if path.is_dir() else path.parent) / CONFIG_NAME
@@ -361,17 +371,15 @@ def load_model(path: str | Path, config: str | GOTConfig | None = None, dtype: t
     return model
 
 
-def load_pretrained(path: str | Path, dtype: torch.dtype | None = None, device: str | torch.device | None = None):
-    """(GOTModel, GOTTokenizer) from a checkpoint directory (ours, original GOT or got_ocr2 with a tiktoken file).
+def load_pretrained(path: str | Path | None = None, dtype: torch.dtype | None = None,
+                    device: str | torch.device | None = None):
+    """(GOTModel, GOTTokenizer) from anything `resolve_model_dir` accepts (ours, original GOT or got_ocr2 with a
+    tiktoken file; a run or checkpoint dir; a cached hub id; None for the default model).
 
     dtype None keeps the stored dtype; the rotary frequencies stay fp32 whatever the dtype."""
     from got.tokenizer import GOTTokenizer
 
-    path = Path(path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"{path}: not a checkpoint directory")
-    if not (path / CONFIG_NAME).is_file() and (path / "model" / CONFIG_NAME).is_file():
-        path = path / "model"  # a training run directory: `model` links to its newest exported checkpoint
+    path = resolve_model_dir(path)
     model = load_model(path, dtype=dtype, device=device)
     tokenizer = GOTTokenizer.from_dir(path)
     cfg = model.config
@@ -379,6 +387,92 @@ def load_pretrained(path: str | Path, dtype: torch.dtype | None = None, device: 
         raise ValueError(f"{path}: tokenizer (vocab {tokenizer.vocab_size}, <imgpad> {tokenizer.img_pad_id}) does not match "
                          f"the model config (vocab {cfg.vocab_size}, <imgpad> {cfg.img_pad_id})")
     return model, tokenizer
+
+
+# ---- names -> model directories --------------------------------------------------------------------------------
+def resolve_model_dir(name: str | os.PathLike | None = None) -> Path:
+    """THE rule that turns what a user names into an inference-ready model directory.
+
+    None / "default": the shipped default model. A directory: itself when it holds config.json (ours, released
+    GOT, transformers got_ocr2: `load_pretrained` converts the last two on the fly), its `model/` (a checkpoint
+    step dir), or the newest complete checkpoint of a training run dir. Otherwise a Hugging Face repo id
+    ("stepfun-ai/GOT-OCR2_0") looked up in the local hub cache only: nothing is downloaded.
+    """
+    if name is None or str(name) == "default":
+        if not (DEFAULT_MODEL / CONFIG_NAME).is_file():
+            raise FileNotFoundError(f"{DEFAULT_MODEL}: the default model is not installed with this package")
+        return DEFAULT_MODEL
+    p = Path(name)
+    if p.is_dir():
+        for d in (p, p / "model"):
+            if (d / CONFIG_NAME).is_file():
+                return d
+        ckpt = latest_checkpoint(p / "checkpoints")
+        if ckpt is not None and (ckpt / "model" / CONFIG_NAME).is_file():
+            return ckpt / "model"
+        raise FileNotFoundError(f"{p}: no model here (expected config.json, a checkpoint's model/, or a training run "
+                                "with complete checkpoints/)")
+    if p.exists():
+        raise ValueError(f"{p}: a model is a directory, not a file")
+    if is_repo_id(name):
+        return _hub_snapshot(str(name))
+    raise FileNotFoundError(f"{name}: model directory not found")
+
+
+def is_repo_id(name: str | os.PathLike) -> bool:
+    """"org/name" as the Hugging Face hub spells repo ids (not a path that exists here)."""
+    return bool(re.fullmatch(r"[\w-][\w.-]*/[\w.-]+", str(name))) and not Path(name).exists()
+
+
+def _hub_snapshot(repo_id: str) -> Path:
+    """A repo's snapshot in the local Hugging Face cache (HF_HUB_CACHE / HF_HOME), never the network."""
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        path = Path(snapshot_download(repo_id, local_files_only=True))
+    except (LocalEntryNotFoundError, FileNotFoundError, ValueError):
+        raise FileNotFoundError(f"{repo_id}: not a directory and not in the local Hugging Face cache "
+                                f"({constants.HF_HUB_CACHE}); download it there once, or give a directory") from None
+    if not (path / CONFIG_NAME).is_file():
+        raise FileNotFoundError(f"{repo_id}: cached snapshot {path} has no config.json")
+    return path
+
+
+# ---- training checkpoints --------------------------------------------------------------------------------------
+def list_checkpoints(root: Path) -> list[Path]:
+    """COMPLETE checkpoints, oldest first: a `step-N` dir (renamed from its temp dir) holding trainer_state.json."""
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := CKPT_RE.match(p.name)) and p.is_dir()
+             and (p / "trainer_state.json").is_file()]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    found = list_checkpoints(root)
+    return found[-1] if found else None
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, NumPy, torch (and CUDA) RNG states: saved with each training checkpoint for exact resume."""
+    st, pos, has_gauss, gauss = np.random.get_state()[1:]
+    state = {"python": random.getstate(), "numpy": [st.tolist(), int(pos), int(has_gauss), float(gauss)],
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    st, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state(("MT19937", np.array(st, dtype=np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
 
 
 # ---- saving --------------------------------------------------------------------------------------------------
@@ -509,6 +603,8 @@ def cli_main(args: argparse.Namespace) -> int:
 
     src = Path(args.src)
     model = load_model(src, config=args.config)
+    if not src.is_file() and not (args.config and src.is_dir()):
+        src = resolve_model_dir(src)
     if args.dtype != "keep":
         model.to(getattr(torch, args.dtype))
     try:

@@ -23,9 +23,16 @@ TOKEN_FIELDS = ("endoftext_id", "im_start_id", "im_end_id", "img_start_id", "img
 
 @dataclass
 class VisionConfig:
-    """ViTDet/SAM encoder followed by GOT's two stride-2 convs (net_2, net_3): 1024 px -> 16x16 = 256 tokens."""
+    """ViTDet/SAM encoder followed by GOT's two stride-2 convs (net_2, net_3): 1024 px -> 16x16 = 256 tokens.
 
-    image_size: int = 1024
+    `image_size` is a side (square tiles, as GOT) or [height, width]: a text-line preset reads wide, short inputs,
+    with `neck_stride` [2, 1] so that net_2/net_3 fold the height away and keep one token column per 8 px of width.
+    `ctc_charset` (optional) adds a CTC head on the tokens of a one-row grid: a training aid that teaches the
+    tower to read before the decoder can (PP-OCR's guided training), also used at inference to see that an
+    input holds no text (docs/default_model.md).
+    """
+
+    image_size: int | tuple[int, int] = 1024
     patch_size: int = 16
     embed_dim: int = 768
     depth: int = 12
@@ -38,33 +45,69 @@ class VisionConfig:
     out_channels: int = 1024
     layer_norm_eps: float = 1e-6
     qkv_bias: bool = True
+    neck_stride: int | tuple[int, int] = 2
+    ctc_charset: str = ""
 
     def __post_init__(self) -> None:
         self.global_attn_indexes = tuple(int(i) for i in self.global_attn_indexes)
-        if self.image_size % self.patch_size:
+        if not isinstance(self.image_size, int):
+            self.image_size = tuple(int(v) for v in self.image_size)
+            if len(self.image_size) != 2:
+                raise ValueError(f"vision.image_size must be a side or [height, width], got {list(self.image_size)}")
+            if self.image_size[0] == self.image_size[1]:
+                self.image_size = self.image_size[0]
+        if not isinstance(self.neck_stride, int):
+            self.neck_stride = tuple(int(v) for v in self.neck_stride)
+        if any(s % self.patch_size for s in self.image_hw):
             raise ValueError(f"vision.image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         if self.embed_dim % self.num_heads:
             raise ValueError(f"vision.embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
         bad = [i for i in self.global_attn_indexes if not 0 <= i < self.depth]
         if bad:
             raise ValueError(f"vision.global_attn_indexes {bad} outside 0..{self.depth - 1}")
+        if self.ctc_charset and self.tokens_hw[0] != 1:
+            raise ValueError(f"vision.ctc_charset needs a one-row token grid; this one is {self.tokens_hw}")
+        if len(set(self.ctc_charset)) != len(self.ctc_charset):
+            raise ValueError("vision.ctc_charset repeats a character")
+
+    @property
+    def image_hw(self) -> tuple[int, int]:
+        """(height, width) of one input tile."""
+        s = self.image_size
+        return (s, s) if isinstance(s, int) else s
+
+    @property
+    def stride_hw(self) -> tuple[int, int]:
+        s = self.neck_stride
+        return (s, s) if isinstance(s, int) else s
+
+    @property
+    def grid_hw(self) -> tuple[int, int]:
+        """Patch grid (64 x 64 at 1024 px)."""
+        return self.image_hw[0] // self.patch_size, self.image_hw[1] // self.patch_size
 
     @property
     def grid_size(self) -> int:
-        """Patch grid side (64 at 1024 px)."""
-        return self.image_size // self.patch_size
+        """Patch grid side of a square input."""
+        h, w = self.grid_hw
+        if h != w:
+            raise ValueError(f"the patch grid is {h}x{w}, not square; use grid_hw")
+        return h
 
     @property
-    def tokens_per_side(self) -> int:
-        """Side of the feature map after net_2 and net_3 (two stride-2 convs with padding 1)."""
-        side = self.grid_size
-        for _ in range(2):
-            side = (side - 1) // 2 + 1
-        return side
+    def tokens_hw(self) -> tuple[int, int]:
+        """Feature map after net_2 and net_3 (two convs of kernel 3, padding 1, stride `neck_stride`)."""
+        out = []
+        for side, stride in zip(self.grid_hw, self.stride_hw):
+            for _ in range(2):
+                side = (side - 1) // stride + 1
+            out.append(side)
+        return out[0], out[1]
 
     @property
     def num_tokens(self) -> int:
-        return self.tokens_per_side**2
+        h, w = self.tokens_hw
+        return h * w
 
 
 @dataclass
@@ -98,7 +141,8 @@ class GOTConfig:
         return self.vision.num_tokens
 
     @property
-    def image_size(self) -> int:
+    def image_size(self) -> int | tuple[int, int]:
+        """A side (square tiles) or (height, width)."""
         return self.vision.image_size
 
     @property
@@ -119,6 +163,12 @@ class GOTConfig:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["vision"]["global_attn_indexes"] = list(self.vision.global_attn_indexes)
+        for k in ("image_size", "neck_stride"):
+            if not isinstance(d["vision"][k], int):
+                d["vision"][k] = list(d["vision"][k])
+        for k, default in (("neck_stride", 2), ("ctc_charset", "")):  # released-shape configs stay as they were
+            if d["vision"][k] == default:
+                del d["vision"][k]
         tokens = {k: d.pop(k) for k in TOKEN_FIELDS}
         return {"name": d["name"], "vision": d["vision"], "decoder": d["decoder"], "tokens": tokens}
 

@@ -33,6 +33,7 @@ from typing import Any, Sequence
 from PIL import Image
 
 from got import metrics as M
+from got.layout import reading_order
 
 PEERS = ("tesseract", "rapidocr")
 TABLE_COLUMNS = [("edit_distance", "edit dist ↓"), ("f1", "F1 ↑"), ("precision", "precision ↑"),
@@ -149,6 +150,11 @@ class GOTSystem:
         t0 = time.perf_counter()
         proc, cfg = self.got.processor, self.got.config
         images = [load_image(p) for p in s.images]
+        if self.got.line_model and len(images) == 1 and not s.crop and not s.formatted:
+            box = None if s.box is None else [v * images[0].size[i % 2] / 1000 for i, v in enumerate(s.box)]
+            [prompt] = self.got.prepare(images[0], box=box, index=s.index)
+            prompt.source, prompt.mode, prompt.seconds = s.images[0], "eval", time.perf_counter() - t0
+            return prompt
         if len(images) > 1:
             pixels = proc([*images])
         elif s.crop:
@@ -313,117 +319,6 @@ class RapidOCRPeer(Peer):
                 if len(r[0].replace(" ", "")) >= len(reads[i][0].replace(" ", "")):
                     reads[i] = tuple(r[:2])
         return [text.strip() if score >= self.engine.text_score else "" for text, score in reads]
-
-
-Rect = tuple[float, float, float, float]  # x0, y0, x1, y1
-
-
-def reading_order(rects: Sequence[Rect]) -> list[list[list[Rect]]]:
-    """Text boxes -> lines in reading order, each line a list of segments (boxes recognized together).
-
-    Bands: boxes whose vertical extents overlap (by > 30% of the smaller) chain into one band. Blocks: consecutive
-    bands sharing the same column gutters (x-gaps wider than the median box height with no box in them); a band
-    that crosses a gutter, such as a full-width heading, starts a new block. A block is read column by column,
-    each column line by line (a block of one line is just that line); a line is split into segments at gaps wider
-    than twice its height.
-    """
-    if not rects:
-        return []
-    heights = sorted(r[3] - r[1] for r in rects)
-    min_gutter = max(1.0, heights[len(heights) // 2])
-    blocks: list[tuple[list[tuple[float, float]], list[Rect]]] = []
-    for band in _bands(rects):
-        if blocks:
-            kept = _keep_gutters(blocks[-1][0], band, min_gutter)
-            if kept is not None:
-                blocks[-1] = (kept, blocks[-1][1] + band)
-                continue
-        blocks.append((_gutters(band, min_gutter), list(band)))
-    lines = []
-    for gutters, members in blocks:
-        rows = _rows(members)
-        if len(rows) == 1:  # one line with wide gaps (a table row, a form line): segments, not columns
-            lines.append(_segments(rows[0]))
-            continue
-        edges = [-math.inf] + [(a + b) / 2 for a, b in gutters] + [math.inf]
-        for lo, hi in zip(edges, edges[1:]):
-            column = [r for r in members if lo <= (r[0] + r[2]) / 2 < hi]
-            lines += [_segments(row) for row in _rows(column)]
-    return lines
-
-
-def _overlap(a0: float, a1: float, b0: float, b1: float) -> float:
-    return min(a1, b1) - max(a0, b0)
-
-
-def _bands(rects: Sequence[Rect]) -> list[list[Rect]]:
-    bands: list[list[Rect]] = []
-    for r in sorted(rects, key=lambda r: r[1]):
-        if bands and any(_overlap(q[1], q[3], r[1], r[3]) > 0.3 * min(q[3] - q[1], r[3] - r[1]) for q in bands[-1]):
-            bands[-1].append(r)
-        else:
-            bands.append([r])
-    return bands
-
-
-def _free(band: Sequence[Rect], lo: float, hi: float) -> list[tuple[float, float]]:
-    """x-intervals inside (lo, hi) that no box of the band covers."""
-    spans, x = [], lo
-    for r in sorted(band, key=lambda r: r[0]):
-        if r[0] > x:
-            spans.append((x, min(r[0], hi)))
-        x = max(x, r[2])
-        if x >= hi:
-            break
-    if x < hi:
-        spans.append((x, hi))
-    return [(a, b) for a, b in spans if b > a]
-
-
-def _gutters(band: Sequence[Rect], min_width: float) -> list[tuple[float, float]]:
-    """Column gaps of a band: free x-intervals between its leftmost and rightmost boxes, at least min_width wide."""
-    lo, hi = min(r[0] for r in band), max(r[2] for r in band)
-    return [(a, b) for a, b in _free(band, lo, hi) if b - a >= min_width]
-
-
-def _keep_gutters(gutters, band, min_width) -> list[tuple[float, float]] | None:
-    """The block's gutters narrowed to what this band leaves free, or None if the band crosses one of them
-    (or either side has gutters the other lacks)."""
-    if not gutters:
-        return [] if not _gutters(band, min_width) else None
-    kept = []
-    for a, b in gutters:
-        free = [(x, y) for x, y in _free(band, a, b) if y - x >= min_width]
-        if not free:
-            return None
-        kept.append(max(free, key=lambda g: g[1] - g[0]))
-    return kept
-
-
-def _rows(rects: Sequence[Rect]) -> list[list[Rect]]:
-    """Boxes grouped into text lines (vertical overlap > half the smaller height), top to bottom."""
-    rows: list[list[Rect]] = []
-    for r in sorted(rects, key=lambda r: (r[1] + r[3]) / 2):
-        if rows:
-            top, bottom = min(q[1] for q in rows[-1]), max(q[3] for q in rows[-1])
-            if _overlap(top, bottom, r[1], r[3]) > 0.5 * min(bottom - top, r[3] - r[1]):
-                rows[-1].append(r)
-                continue
-        rows.append([r])
-    return rows
-
-
-def _segments(row: Sequence[Rect]) -> list[list[Rect]]:
-    """A line's boxes, left to right, split where the gap exceeds twice the line height."""
-    row = sorted(row, key=lambda r: r[0])
-    segs = [[row[0]]]
-    for r in row[1:]:
-        height = max(q[3] for q in segs[-1]) - min(q[1] for q in segs[-1])
-        if r[0] - max(q[2] for q in segs[-1]) > 2 * height:
-            segs.append([r])
-        else:
-            segs[-1].append(r)
-    return segs
 
 
 def make_peer(name: str, tesseract_lang: str = "eng+chi_sim") -> Peer:

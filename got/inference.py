@@ -176,6 +176,12 @@ class Prompt:
     page: int | None = None           # 1-based page of a PDF answered page by page
     seconds: float = 0.0              # time spent loading / preprocessing
     index: int = 0                    # position of the input in the caller's list
+    segments: list | None = None      # line route: one got.layout.Segment per row of pixel_values
+
+    def parts(self) -> list["Prompt"]:
+        """A line-route page as one single-line prompt per segment (the same ids, one crop each)."""
+        return [Prompt(self.source, self.mode, self.input_ids, self.pixel_values[i:i + 1], page=self.page,
+                       index=self.index) for i in range(len(self.segments or ()))]
 
 
 def left_padded(prompts: Sequence[Prompt], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -242,6 +248,10 @@ class RepetitionGuard(StoppingCriteria):
                 done[b] = True
                 self.fired[b] = True
         return done
+
+
+class _Stopped(Exception):
+    """A line-route stream whose consumer has stopped reading."""
 
 
 class _Abort(StoppingCriteria):
@@ -373,6 +383,8 @@ class GOT:
         if self.device.type == "cpu":  # see decode_attention and ChunkedKVLayer
             use_decode_attention(model.decoder)
         self.processor = ImageProcessor(image_size=self.config.image_size)
+        # A text-line preset (non-square input) reads pages through got.layout, line by line (docs/default_model.md)
+        self.line_model = self.processor.line_hw is not None
         self.stop_ids = [tokenizer.im_end_id, tokenizer.endoftext_id]
         # Passed to transformers' generate(); single-image prompts add no_repeat_ngram_size (GOT's 20).
         self.generation: dict = {"do_sample": False, "num_beams": 1}
@@ -383,21 +395,18 @@ class GOT:
 
     # ---- loading ----------------------------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, dtype: str | torch.dtype | None = None,
+    def from_pretrained(cls, path: str | os.PathLike | None = None, dtype: str | torch.dtype | None = None,
                         device: str | torch.device | None = None, int8: bool = False) -> "GOT":
-        """Load a directory written by `save_pretrained` / `got convert`.
+        """Load a model: None or "default" (the shipped default model), a model / checkpoint / training run
+        directory, or a repo id in the local Hugging Face cache (got.checkpoint.resolve_model_dir).
 
         dtype None/"auto": bf16 on CUDA and on CPUs with native bf16, else fp32. int8 (CPU): the decoder's
         Linear layers are quantised dynamically to int8 (torch.ao quantize_dynamic); the vision tower and
         projector keep `dtype`.
         """
-        from got.checkpoint import load_pretrained
+        from got.checkpoint import load_pretrained, resolve_model_dir
 
-        path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: model directory not found")
-        if not path.is_dir():
-            raise ValueError(f"{path}: --model must be a model directory (config.json + weights + tokenizer)")
+        path = resolve_model_dir(path)
         missing = [] if (path / "config.json").is_file() else ["config.json"]
         if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")) \
                 and not any(path.glob("*.safetensors.index.json")):
@@ -458,6 +467,16 @@ class GOT:
             loaders = [(None, functools.partial(self._load_image, item, source, load_image))]
         label = mode + ("+box" if box is not None else "") + ("+color" if color is not None else "") \
             + ("+crop" if crop else "") + ("+multi-page" if multi_page and len(loaders) > 1 else "")
+        if self.line_model:
+            refused = [what for what, on in (("format", mode == "format"), ("color", color is not None),
+                                             ("crop", crop), ("multi_page", multi_page and len(loaders) > 1)) if on]
+            if refused:
+                raise ValueError(f"{source}: this model reads text lines (plain OCR, optionally inside a box); "
+                                 f"it does not take {', '.join(refused)}")
+            for page, load in loaders:
+                t0 = t0 if page is None else time.perf_counter()
+                yield self._line_prompt(source, label, load(), box, page, t0, index)
+            return
         if multi_page and len(loaders) > 1:
             pixels = torch.stack([self.processor.preprocess(load()) for _, load in loaders])
             yield self._prompt(source, label, build_query(mode, multi_page=True), pixels, None, t0, index, True)
@@ -474,6 +493,55 @@ class GOT:
             pixels = self.processor([image], crop=crop, max_tiles=max_tiles) if crop \
                 else self.processor.preprocess(image).unsqueeze(0)
             yield self._prompt(source, label, query, pixels, page, t0, index)
+
+    def _line_prompt(self, source, label, image, box, page, t0, index) -> Prompt:
+        """The line route: the page (or the box of it) cut into line segments in reading order, one crop each."""
+        from got.layout import line_segments
+
+        where = source if page is None else f"{source} page {page}"
+        if box is not None:
+            build_query("plain", box=box, image_size=image.size)  # the same box checks as a page model
+            x0, y0, x1, y1 = box if len(box) == 4 else (*box, *box)
+            box = (max(0, x0), max(0, y0), min(image.width, x1), min(image.height, y1))
+            if box[2] - box[0] < 1 or box[3] - box[1] < 1:
+                raise ValueError(f"{where}: box {list(box)} holds no pixels of the {image.width}x{image.height} image")
+        if box is None:
+            image = self.upright(image)
+        segments = line_segments(image, box)
+        s = self.processor.line_hw
+        pixels = torch.stack([self.processor.preprocess(image.crop(g.box)) for g in segments]) if segments \
+            else torch.zeros(0, 3, *s)
+        prompt = self._prompt(source, label, build_query("plain"), pixels[:1] if segments else torch.zeros(1, 3, *s),
+                              page, t0, index)
+        prompt.pixel_values, prompt.segments = pixels.to(self.dtype), segments
+        return prompt
+
+    @torch.inference_mode()
+    def upright(self, image: Image.Image, probe: int = 8) -> Image.Image:
+        """A page turned by 90, 180 or 270 degrees, turned back (PP-OCR's direction classifier, done with the
+        tower's CTC head): the turn whose first `probe` line crops the head reads most confidently wins. The
+        layout tells 0/180 from 90/270 (words run across or down the page); without a CTC head the page is
+        kept as it is."""
+        from got.layout import find_text_boxes, line_segments, vertical_lines
+
+        tower = self.model.vision_tower
+        boxes = find_text_boxes(image)
+        if tower.ctc_head is None or not boxes:
+            return image
+        best, best_score = image, -1.0
+        for angle in ((90, 270) if vertical_lines(boxes) else (0, 180)):
+            turned = image.rotate(angle, expand=True) if angle else image
+            segs = line_segments(turned)[:probe]
+            if not segs:
+                continue
+            pixels = torch.stack([self.processor.preprocess(turned.crop(g.box)) for g in segs]).to(self.dtype)
+            with self._autocast():
+                reads = tower.ctc_decode(tower(pixels.to(self.device)))
+            score = sum(conf * len(text) for text, conf in reads) / max(1, sum(len(t) for t, _ in reads)) \
+                if any(t for t, _ in reads) else 0.0
+            if score > best_score:
+                best, best_score = turned, score
+        return best
 
     def _prompt(self, source, label, query, pixels, page, t0, index, multi_page=False) -> Prompt:
         n_tokens = self.config.image_token_len * pixels.shape[0]
@@ -520,8 +588,14 @@ class GOT:
                  on_batch: Callable[[list[Answer]], None] | None = None) -> list[Answer]:
         """Answers in the order of `prompts`. Batches group prompts of equal generation settings and similar
         length (less padding); results do not depend on the grouping."""
-        order = sorted(range(len(prompts)), key=lambda i: (prompts[i].multi_page, len(prompts[i].input_ids)))
         answers: list[Answer | None] = [None] * len(prompts)
+        for i, p in enumerate(prompts):
+            if p.segments is not None:
+                answers[i] = self._read_lines(p, max_new_tokens, batch_size)
+                if on_batch:
+                    on_batch([answers[i]])
+        order = sorted((i for i, p in enumerate(prompts) if p.segments is None),
+                       key=lambda i: (prompts[i].multi_page, len(prompts[i].input_ids)))
         start = 0
         while start < len(order):
             stop = start + 1
@@ -536,6 +610,32 @@ class GOT:
                 on_batch(done)
             start = stop
         return answers  # type: ignore[return-value]
+
+    def _read_lines(self, prompt: Prompt, max_new_tokens: int, batch_size: int) -> Answer:
+        """A line-route page: segments the CTC head sees no text in are dropped (specks, noise, pictures), the
+        rest are read in batches and joined in reading order."""
+        from got.layout import join_segments
+
+        t0 = time.perf_counter()
+        parts, texts = prompt.parts(), [""] * len(prompt.segments)
+        keep = [i for i, ok in enumerate(self._has_text(prompt.pixel_values)) if ok]
+        answers = self.generate([parts[i] for i in keep], max_new_tokens, batch_size) if keep else []
+        for i, a in zip(keep, answers):
+            texts[i] = a.text
+        finish = next((a.finish for a in answers if a.finish != "stop"), "stop")
+        return Answer(prompt.source, prompt.mode, join_segments(prompt.segments, texts),
+                      sum(a.tokens for a in answers), prompt.seconds + time.perf_counter() - t0, finish,
+                      prompt.page, prompt.index)
+
+    @torch.inference_mode()
+    def _has_text(self, pixels: torch.Tensor) -> list[bool]:
+        """Per crop: does the tower's CTC head read any character in it (always True without a CTC head)?"""
+        tower = self.model.vision_tower
+        if tower.ctc_head is None or not len(pixels):
+            return [True] * len(pixels)
+        with self._autocast():
+            reads = tower.ctc_decode(tower(pixels.to(self.device)))
+        return [bool(text.strip()) for text, _ in reads]
 
     def _autocast(self):
         return torch.autocast("cpu", dtype=torch.bfloat16) if self.autocast else nullcontext()
@@ -576,16 +676,26 @@ class GOT:
         return answers
 
     def stream(self, prompt: Prompt, max_new_tokens: int = 4096) -> Iterator[str]:
-        """Text pieces of one prompt's answer as they are generated (generation runs in a worker thread)."""
+        """Text pieces of one prompt's answer as they are generated (generation runs in a worker thread).
+        A line-route page streams line by line."""
         pieces: queue.Queue = queue.Queue()
         abort = threading.Event()
         end = object()
 
         def work():
             try:
-                streamer = TextPieceStreamer(self.tokenizer, pieces.put, self.stop_ids)
-                self._generate_batch([prompt], max_new_tokens, streamer=streamer, extra_stops=[_Abort(abort)])
+                if prompt.segments is None:
+                    streamer = TextPieceStreamer(self.tokenizer, pieces.put, self.stop_ids)
+                    self._generate_batch([prompt], max_new_tokens, streamer=streamer, extra_stops=[_Abort(abort)])
+                else:
+                    def put(piece: str) -> None:
+                        if abort.is_set():  # the consumer stopped: no further chunks
+                            raise _Stopped
+                        pieces.put(piece)
+                    self.generate_streaming(prompt, put, max_new_tokens)
                 pieces.put(end)
+            except _Stopped:
+                pass
             except BaseException as e:  # re-raised in the consumer's thread
                 pieces.put(e)
 
@@ -599,6 +709,31 @@ class GOT:
         finally:
             abort.set()
             worker.join()
+
+    def generate_streaming(self, prompt: Prompt, on_text: Callable[[str], None], max_new_tokens: int = 4096,
+                           chunk: int = 8) -> Answer:
+        """One prompt's Answer, calling `on_text(piece)` as text arrives (in this thread); a line-route page
+        calls it once per `chunk` segments read."""
+        if prompt.segments is None:
+            streamer = TextPieceStreamer(self.tokenizer, on_text, self.stop_ids)
+            return self._generate_batch([prompt], max_new_tokens, streamer=streamer)[0]
+        from got.layout import join_segments
+
+        t0, parts = time.perf_counter(), prompt.parts()
+        keep = [i for i, ok in enumerate(self._has_text(prompt.pixel_values)) if ok]
+        texts, answers, shown = [""] * len(parts), [], ""
+        for start in range(0, len(keep), chunk):
+            idx = keep[start:start + chunk]
+            answers += self.generate([parts[j] for j in idx], max_new_tokens, chunk)
+            for j, a in zip(idx, answers[-len(idx):]):
+                texts[j] = a.text
+            text = join_segments(prompt.segments, texts)
+            if text != shown:
+                on_text(text[len(shown):])  # segments arrive in reading order: the text only grows
+                shown = text
+        finish = next((a.finish for a in answers if a.finish != "stop"), "stop")
+        return Answer(prompt.source, prompt.mode, shown, sum(a.tokens for a in answers),
+                      prompt.seconds + time.perf_counter() - t0, finish, prompt.page, prompt.index)
 
     # ---- chat ---------------------------------------------------------------------------------------------------
     def chat(self, image: ImageLike | Sequence[ImageLike], mode: str = "plain", box: Sequence[float] | None = None,
@@ -674,7 +809,7 @@ def _parse_box(text: str | None) -> list[float] | None:
 
 def add_cli(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_PDF", help="image files and/or PDFs")
-    p.add_argument("--model", required=True, help="model directory (config.json, model.safetensors, tokenizer)")
+    p.add_argument("--model", help="model directory, training run, or cached hub id (default: the shipped default model)")
     p.add_argument("--format", action="store_true", help="formatted output (markdown / LaTeX / kern / SMILES)")
     p.add_argument("--box", help="fine-grained OCR of a region: x1,y1,x2,y2 in pixels")
     p.add_argument("--color", choices=["red", "green", "blue"], help="fine-grained OCR inside a coloured frame")
@@ -743,8 +878,7 @@ def cli_main(args: argparse.Namespace) -> int:
         for p in batch:
             if len(args.inputs) > 1 or p.page is not None:
                 print(f"==> {p.source}{'' if p.page is None else f' (page {p.page})'} <==", flush=True)
-            streamer = TextPieceStreamer(model.tokenizer, lambda s: print(s, end="", flush=True), model.stop_ids)
-            finish(model._generate_batch([p], args.max_new_tokens, streamer=streamer))
+            finish([model.generate_streaming(p, lambda s: print(s, end="", flush=True), args.max_new_tokens)])
             print(flush=True)
 
     pending: list[Prompt] = []

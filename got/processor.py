@@ -247,19 +247,30 @@ def choose_grid(width: int, height: int, tile_size: int, min_tiles: int = 1, max
 
 
 class ImageProcessor:
-    """GOT's image pipeline for one model size: `image_size` is the tile side S (1024 base, smaller presets less)."""
+    """GOT's image pipeline for one model size: `image_size` is the tile side S (1024 base, smaller presets less),
+    or (height, width) for a text-line preset."""
 
-    def __init__(self, image_size: int = 1024, mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD):
-        self.image_size = int(image_size)
+    def __init__(self, image_size: int | Sequence[int] = 1024, mean: Sequence[float] = CLIP_MEAN,
+                 std: Sequence[float] = CLIP_STD):
+        if isinstance(image_size, int):
+            self.image_size, self.line_hw = int(image_size), None
+        else:
+            h, w = (int(v) for v in image_size)
+            self.image_size, self.line_hw = (h if h == w else (h, w)), (None if h == w else (h, w))
         self.mean = np.asarray(mean, dtype=np.float32).reshape(1, 1, 3)
         self.std = np.asarray(std, dtype=np.float32).reshape(1, 1, 3)
 
     def preprocess(self, image: ImageSource) -> torch.Tensor:
-        """One image -> (3, S, S) float32: bicubic resize to S x S (aspect not kept), /255, CLIP mean/std."""
+        """One image -> (3, S, S) float32: bicubic resize to S x S (aspect not kept), /255, CLIP mean/std.
+
+        A (height, width) processor keeps the aspect instead, as line recognisers do: the image is scaled to the
+        height (narrowed only when it would not fit the width) and padded on the right with its own background,
+        so short words are not stretched across the whole input."""
         im = load_image(image)
-        s = self.image_size
-        if im.size != (s, s):
-            im = im.resize((s, s), Image.BICUBIC)
+        if self.line_hw is not None:
+            im = fit_line(im, *self.line_hw)
+        elif im.size != (self.image_size, self.image_size):
+            im = im.resize((self.image_size, self.image_size), Image.BICUBIC)
         a = (np.asarray(im, dtype=np.float32) / 255.0 - self.mean) / self.std
         return torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))
 
@@ -267,7 +278,7 @@ class ImageProcessor:
         """Multi-crop: resize to (S*cols, S*rows), cut row-major, then the whole-image thumbnail LAST
         (only when there is more than one tile)."""
         im = load_image(image)
-        s = self.image_size
+        s = self._square("multi-crop")
         cols, rows = choose_grid(im.width, im.height, s, min_tiles, max_tiles)
         big = im.resize((s * cols, s * rows), Image.BICUBIC)
         tiles = [big.crop((c * s, r * s, (c + 1) * s, (r + 1) * s)) for r in range(rows) for c in range(cols)]
@@ -279,7 +290,7 @@ class ImageProcessor:
         """How many (S x S) inputs an image of this size becomes, without touching pixels."""
         if not crop:
             return 1
-        c, r = choose_grid(width, height, self.image_size, min_tiles, max_tiles)
+        c, r = choose_grid(width, height, self._square("multi-crop"), min_tiles, max_tiles)
         return c * r + (1 if c * r > 1 else 0)
 
     def __call__(self, images: ImageSource | Sequence[ImageSource], crop: bool = False, min_tiles: int = 1,
@@ -293,5 +304,25 @@ class ImageProcessor:
             ims = self.tile(ims[0], min_tiles, max_tiles)
         return torch.stack([self.preprocess(im) for im in ims])
 
+    def _square(self, what: str) -> int:
+        if self.line_hw is not None:
+            raise ValueError(f"{what} needs square tiles; this model reads {self.line_hw[0]}x{self.line_hw[1]} "
+                             "text lines (read pages through the layout route, docs/default_model.md)")
+        return self.image_size
+
     def __repr__(self) -> str:
         return f"ImageProcessor(image_size={self.image_size})"
+
+
+def fit_line(im: Image.Image, height: int, width: int) -> Image.Image:
+    """A text-line crop -> exactly (width x height): scaled to the height keeping the aspect (narrowed if too
+    wide), padded on the right with the median colour of the image's border (the paper, for text lines)."""
+    w = max(1, min(width, round(im.width * height / max(1, im.height))))
+    im = im.resize((w, height), Image.BICUBIC)
+    if w == width:
+        return im
+    a = np.asarray(im)
+    border = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
+    out = Image.new("RGB", (width, height), tuple(int(v) for v in np.median(border, axis=0)))
+    out.paste(im, (0, 0))
+    return out

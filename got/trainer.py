@@ -36,6 +36,7 @@ import numpy as np
 import torch
 import yaml
 
+from got.checkpoint import latest_checkpoint, list_checkpoints, rng_state, set_rng_state
 from got.config import CONFIG_DIR
 
 REPO = CONFIG_DIR.parent  # "configs/..." paths resolve here: the checkout, or the installed package (wheel)
@@ -73,6 +74,7 @@ DEFAULTS: dict[str, Any] = {
         "betas": [0.9, 0.999],
         "eps": 1.0e-8,
         "grad_clip": 1.0,
+        "ctc_weight": 1.0,           # the CTC term of a tower with a CTC head (vision.ctc_charset); 0 turns it off
         "precision": "bf16",         # bf16 | fp16 | fp32
         "gradient_checkpointing": False,
         "deepspeed": "configs/deepspeed/zero2.json",
@@ -86,7 +88,6 @@ DEFAULTS: dict[str, Any] = {
     },
 }
 MODULES = ("vision_tower", "projector", "decoder")
-CKPT_RE = re.compile(r"^step-(\d+)$")
 
 
 # ---- config --------------------------------------------------------------------------------------------------------
@@ -248,38 +249,6 @@ def deepspeed_config(cfg: dict[str, Any], world: int) -> dict[str, Any]:
 
 
 # ---- checkpoints ---------------------------------------------------------------------------------------------------
-def list_checkpoints(root: Path) -> list[Path]:
-    """COMPLETE checkpoints, oldest first: a `step-N` dir (renamed from its temp dir) holding trainer_state.json."""
-    if not root.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := CKPT_RE.match(p.name)) and p.is_dir()
-             and (p / "trainer_state.json").is_file()]
-    return [p for _, p in sorted(found)]
-
-
-def latest_checkpoint(root: Path) -> Path | None:
-    found = list_checkpoints(root)
-    return found[-1] if found else None
-
-
-def _rng_state() -> dict[str, Any]:
-    st, pos, has_gauss, gauss = np.random.get_state()[1:]
-    state = {"python": random.getstate(), "numpy": [st.tolist(), int(pos), int(has_gauss), float(gauss)],
-             "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    st, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state(("MT19937", np.array(st, dtype=np.uint32), pos, has_gauss, gauss))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out = {}
     for k, v in d.items():
@@ -344,7 +313,7 @@ def save_checkpoint(engine, model, tokenizer, root: Path, step: int, state: dict
     dist.barrier()
     engine.save_checkpoint(str(tmp), tag="deepspeed", client_state={"trainer": state}, save_latest=False)
     (tmp / "rng").mkdir(exist_ok=True)
-    torch.save(_rng_state(), tmp / "rng" / f"rank{rank}.pt")
+    torch.save(rng_state(), tmp / "rng" / f"rank{rank}.pt")
     _fault("save", step)
     export_model(model, tokenizer, tmp / "model", rank, zero3=engine.zero_optimization_stage() == 3)
     dist.barrier()
@@ -469,20 +438,53 @@ class TokenLoss(torch.nn.Module):
     GOT's prompt (system text, 256 image tokens per tile, the query) and the padding are never targets, so the
     largest matmul of a step (hidden x vocab) and the fp32 logits (8192 x 151860 x 4 B = 5 GB per sample at
     stage 3) are skipped for them. Returns the summed cross entropy; the caller normalises over the global batch.
+
+    A tower with a CTC head (vision.ctc_charset) adds `ctc_weight` x the summed CTC loss of each one-tile sample
+    against its answer text (decoded from the labels, so every data source gets it for free); samples whose
+    answer uses a character outside the charset are left out of that term. `last_ctc` keeps the last value.
     """
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, tokenizer=None, ctc_weight: float = 1.0):
         super().__init__()
         self.model = model
+        self.use_ctc = getattr(model.vision_tower, "ctc_head", None) is not None and ctc_weight > 0
+        if self.use_ctc and tokenizer is None:
+            raise ValueError("a vision tower with a CTC head trains with the tokenizer (to read the answer text)")
+        self.tokenizer, self.ctc_weight = tokenizer, ctc_weight
+        self.charset = {c: i + 1 for i, c in enumerate(model.config.vision.ctc_charset)}
+        self.last_ctc = 0.0
 
     def forward(self, input_ids, labels, pixel_values=None, attention_mask=None, position_ids=None):
-        embeds = self.model.embed(input_ids, pixel_values)
-        hidden = self.model.decoder.get_decoder()(inputs_embeds=embeds, attention_mask=attention_mask,
-                                                  position_ids=position_ids, use_cache=False).last_hidden_state
+        m, self.last_ctc = self.model, 0.0
+        tower = None if pixel_values is None else m.vision_tower(pixel_values.to(m.dtype))
+        embeds = m.merge_image_features(input_ids, m.decoder.get_input_embeddings()(input_ids),
+                                        None if tower is None else m.projector(tower))
+        hidden = m.decoder.get_decoder()(inputs_embeds=embeds, attention_mask=attention_mask,
+                                         position_ids=position_ids, use_cache=False).last_hidden_state
         target = labels[:, 1:]
         keep = target != -100
-        logits = self.model.decoder.get_output_embeddings()(hidden[:, :-1][keep])
-        return torch.nn.functional.cross_entropy(logits.float(), target[keep], reduction="sum")
+        logits = m.decoder.get_output_embeddings()(hidden[:, :-1][keep])
+        loss = torch.nn.functional.cross_entropy(logits.float(), target[keep], reduction="sum")
+        if self.use_ctc and tower is not None and tower.shape[0] == input_ids.shape[0]:
+            ctc = self._ctc(tower, labels)
+            self.last_ctc = float(ctc.detach())
+            loss = loss + self.ctc_weight * ctc
+        return loss
+
+    def _ctc(self, tower: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        rows, targets = [], []
+        for i, row in enumerate(labels):
+            text = self.tokenizer.decode(row[row != -100].tolist(), skip_special_tokens=True).strip()
+            ids = [self.charset.get(c) for c in text]
+            if text and None not in ids:
+                rows.append(i)
+                targets.append(torch.tensor(ids))
+        if not rows:
+            return tower.sum() * 0.0  # keeps every parameter in the graph (DeepSpeed expects gradients)
+        logp = self.model.vision_tower.ctc_logits(tower[rows]).float().log_softmax(-1).transpose(0, 1)
+        lengths = torch.tensor([len(t) for t in targets])
+        return torch.nn.functional.ctc_loss(logp, torch.cat(targets), torch.full((len(rows),), logp.shape[0]),
+                                            lengths, reduction="sum", zero_infinity=True)
 
 
 def _to(batch: dict[str, Any], device) -> dict[str, Any]:
@@ -496,7 +498,7 @@ def _dummy_batch(cfg_model) -> dict[str, Any]:
     c = cfg_model
     ids = [c.img_start_id] + [c.img_pad_id] * c.image_token_len + [c.img_end_id]
     return {"input_ids": torch.tensor([ids]), "labels": torch.full((1, len(ids)), -100),
-            "pixel_values": torch.zeros(1, 3, c.image_size, c.image_size),
+            "pixel_values": torch.zeros(1, 3, *c.vision.image_hw),
             "attention_mask": torch.ones(1, len(ids), dtype=torch.long), "position_ids": None}
 
 
@@ -564,7 +566,7 @@ def train(cfg: dict[str, Any], stage: str, resume: str | None = None) -> Path:
             return torch.optim.AdamW(groups, **opt_kw)
     schedule = warmup_cosine(warmup, total, float(t["min_lr_ratio"]))
     engine, optimizer, _, scheduler = deepspeed.initialize(
-        model=TokenLoss(model), model_parameters=param_groups(model, float(t["weight_decay"])), optimizer=make_opt,
+        model=TokenLoss(model, tokenizer, float(t["ctc_weight"])), model_parameters=param_groups(model, float(t["weight_decay"])), optimizer=make_opt,
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule), config=ds_cfg)
     device = engine.device
 
@@ -582,7 +584,7 @@ def train(cfg: dict[str, Any], stage: str, resume: str | None = None) -> Path:
         samples_total, tokens_total = state["samples_total"], state["tokens_total"]
         rng = ckpt / "rng" / f"rank{rank}.pt"
         if rng.is_file():
-            _set_rng_state(torch.load(rng, weights_only=True))
+            set_rng_state(torch.load(rng, weights_only=True))
         else:  # more ranks than the checkpoint had: a fresh, distinct stream (the warning below says so)
             torch.manual_seed(seed + 1_000_003 * (rank + 1) + step)
 
@@ -638,9 +640,11 @@ def train(cfg: dict[str, Any], stage: str, resume: str | None = None) -> Path:
         norm = max(n_sup, 1) / (accum * world)  # DeepSpeed divides by accum and averages over ranks
         lr = float(scheduler.get_last_lr()[0])
         loss_sum = torch.zeros((), dtype=torch.float64)
+        ctc_sum = 0.0
         grad_norm = None
         for a, b in enumerate(micro_batches):
             ce = engine(**_to(b if b["num_samples"] else _dummy_batch(mcfg), device))
+            ctc_sum += engine.module.last_ctc
             engine.backward(ce / norm)
             if a == accum - 1 and plain_grads:  # ZeRO-0 fp32 does not report the norm: measure it before the step
                 grad_norm = float(torch.nn.utils.get_total_norm([p.grad for p in model.parameters()
@@ -661,6 +665,8 @@ def train(cfg: dict[str, Any], stage: str, resume: str | None = None) -> Path:
                "grad_norm": None if grad_norm is None else float(grad_norm),
                "samples": n_samples, "samples_per_s": n_samples / dt, "tokens_per_s": n_tok / dt,
                "skipped": n_skip, "skipped_total": skipped_total, "time": time.time()}
+        if engine.module.use_ctc:  # this rank's CTC term per sample (it is part of `loss` too)
+            row["ctc"] = ctc_sum / max(1, sum(b["num_samples"] for b in micro_batches))
         runlog.step(row, write=step % int(o["log_every"]) == 0 or step == total)
         _fault("step", step)
         if step % int(o["save_every"]) == 0 or step == total:
@@ -695,7 +701,6 @@ def train(cfg: dict[str, Any], stage: str, resume: str | None = None) -> Path:
 
 
 # ---- CLI -----------------------------------------------------------------------------------------------------------
-STAGES = ("1", "2", "3", "finetune")
 
 
 def _cpu_accelerator() -> None:
@@ -706,7 +711,10 @@ def _cpu_accelerator() -> None:
 
 
 def add_cli(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--stage", required=True, choices=STAGES, help="which recipe (stages/): 1, 2, 3 or finetune")
+    from stages import RECIPES
+
+    p.add_argument("--stage", required=True, choices=list(RECIPES), help="which recipe (stages/): "
+                   + ", ".join(RECIPES))
     p.add_argument("--config", help="training YAML (default: configs/stage<N>.yaml or configs/finetune.yaml)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.lr=2e-5")
     p.add_argument("--resume", metavar="auto|PATH", help="'auto': the newest complete checkpoint in the output dir")
@@ -717,7 +725,9 @@ def add_cli(p: argparse.ArgumentParser) -> None:
 
 
 def cli_main(args: argparse.Namespace) -> int:
-    config = args.config or (f"configs/{'finetune' if args.stage == 'finetune' else 'stage' + args.stage}.yaml")
+    from stages import RECIPES
+
+    config = args.config or RECIPES[args.stage][1]
     overrides = list(args.overrides)
     if args.init_from:
         overrides.append(f"model.init_from={json.dumps(args.init_from)}")

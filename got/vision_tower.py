@@ -74,14 +74,15 @@ def get_rel_pos(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor
 class Attention(nn.Module):
     """Multi-head attention with SAM's decomposed relative position bias, via SDPA."""
 
-    def __init__(self, dim: int, num_heads: int, input_size: int, qkv_bias: bool = True):
+    def __init__(self, dim: int, num_heads: int, input_size: int | tuple[int, int], qkv_bias: bool = True):
         super().__init__()
+        input_hw = (input_size, input_size) if isinstance(input_size, int) else input_size
         self.num_heads = num_heads
         head_dim = dim // num_heads
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
-        self.rel_pos_h = nn.Parameter(torch.zeros(2 * input_size - 1, head_dim))
-        self.rel_pos_w = nn.Parameter(torch.zeros(2 * input_size - 1, head_dim))
+        self.rel_pos_h = nn.Parameter(torch.zeros(2 * input_hw[0] - 1, head_dim))
+        self.rel_pos_w = nn.Parameter(torch.zeros(2 * input_hw[1] - 1, head_dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, H, W, C = x.shape
@@ -163,7 +164,8 @@ class Block(nn.Module):
         super().__init__()
         self.window_size = window_size
         self.norm1 = nn.LayerNorm(cfg.embed_dim, eps=cfg.layer_norm_eps)
-        self.attn = Attention(cfg.embed_dim, cfg.num_heads, window_size or cfg.grid_size, cfg.qkv_bias)
+        hw = (window_size, window_size) if window_size else cfg.grid_hw
+        self.attn = Attention(cfg.embed_dim, cfg.num_heads, hw, cfg.qkv_bias)
         self.norm2 = nn.LayerNorm(cfg.embed_dim, eps=cfg.layer_norm_eps)
         self.mlp = MLPBlock(cfg.embed_dim, cfg.mlp_dim)
 
@@ -181,14 +183,16 @@ class Block(nn.Module):
 
 
 class VisionTower(nn.Module):
-    """pixels (N, 3, S, S) -> features (N, (S/64)^2, out_channels); 1024 px -> (N, 256, 1024)."""
+    """pixels (N, 3, H, W) -> features (N, T, out_channels), T = `cfg.num_tokens`; 1024 px -> (N, 256, 1024).
+
+    With `cfg.ctc_charset`, `ctc_logits(features)` gives per-token scores over blank + the charset."""
 
     def __init__(self, cfg: VisionConfig):
         super().__init__()
         self.config = cfg
         self.gradient_checkpointing = False  # the trainer switches this on; recomputes each block in backward
         self.patch_embed = PatchEmbed(cfg.patch_size, cfg.embed_dim)
-        self.pos_embed = nn.Parameter(torch.zeros(1, cfg.grid_size, cfg.grid_size, cfg.embed_dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, *cfg.grid_hw, cfg.embed_dim))
         self.blocks = nn.ModuleList(
             Block(cfg, 0 if i in cfg.global_attn_indexes else cfg.window_size) for i in range(cfg.depth)
         )
@@ -199,8 +203,31 @@ class VisionTower(nn.Module):
             nn.Conv2d(n, n, kernel_size=3, padding=1, bias=False),
             LayerNorm2d(n),
         )
-        self.net_2 = nn.Conv2d(n, cfg.net2_channels, kernel_size=3, stride=2, padding=1, bias=False)
-        self.net_3 = nn.Conv2d(cfg.net2_channels, cfg.out_channels, kernel_size=3, stride=2, padding=1, bias=False)
+        st = cfg.stride_hw
+        self.net_2 = nn.Conv2d(n, cfg.net2_channels, kernel_size=3, stride=st, padding=1, bias=False)
+        self.net_3 = nn.Conv2d(cfg.net2_channels, cfg.out_channels, kernel_size=3, stride=st, padding=1, bias=False)
+        self.ctc_head = nn.Linear(cfg.out_channels, len(cfg.ctc_charset) + 1) if cfg.ctc_charset else None
+
+    def ctc_logits(self, features: torch.Tensor) -> torch.Tensor:
+        """(N, T, out_channels) tower features -> (N, T, 1 + len(charset)); class 0 is the CTC blank."""
+        if self.ctc_head is None:
+            raise ValueError("this vision tower has no CTC head (vision.ctc_charset is empty)")
+        return self.ctc_head(features)
+
+    def ctc_decode(self, features: torch.Tensor) -> list[tuple[str, float]]:
+        """Greedy CTC reading of each input: (text, mean max-probability of its non-blank frames; 0 if none)."""
+        probs = self.ctc_logits(features).float().softmax(-1)
+        best, idx = probs.max(-1)
+        out = []
+        for p, row in zip(best.tolist(), idx.tolist()):
+            chars, conf, prev = [], [], 0
+            for q, k in zip(p, row):
+                if k and k != prev:
+                    chars.append(self.config.ctc_charset[k - 1])
+                    conf.append(q)
+                prev = k
+            out.append(("".join(chars), sum(conf) / len(conf) if conf else 0.0))
+        return out
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         if pixel_values.ndim != 4 or pixel_values.shape[1] != 3:

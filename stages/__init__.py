@@ -10,42 +10,28 @@ import json
 from pathlib import Path
 from typing import Any
 
+# THE registry of stages: name -> (recipe module, its default training config).
 RECIPES = {
-    "1": "stages.stage1_pretrain",
-    "2": "stages.stage2_joint",
-    "3": "stages.stage3_post",
-    "finetune": "stages.stage3_post",  # fine-tuning IS the stage-3 recipe on your data
+    "1": ("stages.stage1_pretrain", "configs/stage1.yaml"),
+    "2": ("stages.stage2_joint", "configs/stage2.yaml"),
+    "3": ("stages.stage3_post", "configs/stage3.yaml"),
+    "finetune": ("stages.stage3_post", "configs/finetune.yaml"),  # fine-tuning IS the stage-3 recipe on your data
 }
 
 
 def get_recipe(stage: str):
     if str(stage) not in RECIPES:
         raise ValueError(f"unknown stage {stage!r}; choose from {', '.join(RECIPES)}")
-    return importlib.import_module(RECIPES[str(stage)])
-
-
-def model_dir(path: str | Path) -> Path:
-    """An inference-ready model dir from what users naturally pass: a run dir (newest complete checkpoint),
-    a checkpoint dir (its model/), or a model dir itself (config.json)."""
-    from got.trainer import latest_checkpoint
-
-    p = Path(path)
-    if (p / "config.json").is_file():
-        return p
-    if (p / "model" / "config.json").is_file():
-        return p / "model"
-    ckpt = latest_checkpoint(p / "checkpoints")
-    if ckpt is not None:
-        return ckpt / "model"
-    raise FileNotFoundError(f"{path}: no model here (expected config.json, a checkpoint with model/, or a run dir "
-                            "with complete checkpoints/)")
+    return importlib.import_module(RECIPES[str(stage)][0])
 
 
 def read_weights(path: str | Path, prefix: str) -> dict[str, Any]:
     """The tensors whose names start with `prefix`, read by name from (possibly sharded) safetensors."""
     from safetensors import safe_open
 
-    d = model_dir(path)
+    from got.checkpoint import resolve_model_dir
+
+    d = resolve_model_dir(path)
     index = d / "model.safetensors.index.json"
     files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else ["model.safetensors"]
     out = {}

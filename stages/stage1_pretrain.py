@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from stages import fresh_model, model_dir
+from stages import fresh_model
 
 
 def build(cfg: dict[str, Any]):
     if cfg["model"]["init_from"]:  # continue an interrupted / earlier pre-training from its weights
         from got.checkpoint import load_pretrained
 
-        return load_pretrained(model_dir(cfg["model"]["init_from"]))
+        return load_pretrained(cfg["model"]["init_from"])
     return fresh_model(cfg)

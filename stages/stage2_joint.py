@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from stages import check_tokenizer, load_tokenizer, model_dir, read_weights
+from stages import check_tokenizer, load_tokenizer, read_weights
 
 log = logging.getLogger("got.train")
 
@@ -39,7 +39,9 @@ def build(cfg: dict[str, Any]):
     if not m["encoder_from"]:
         log.warning("stage 2 without model.encoder_from: the vision tower starts from random weights")
         return model, tokenizer
-    src = model_dir(m["encoder_from"])
+    from got.checkpoint import resolve_model_dir
+
+    src = resolve_model_dir(m["encoder_from"])
     weights = read_weights(src, "vision_tower.")
     missing, unexpected = model.vision_tower.load_state_dict(weights, strict=False)
     if missing or unexpected:

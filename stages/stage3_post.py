@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from stages import model_dir
 
 log = logging.getLogger("got.train")
 
@@ -22,7 +21,7 @@ def build(cfg: dict[str, Any]):
     m = cfg["model"]
     if not m["init_from"]:
         raise ValueError("stage 3 / fine-tuning starts from a checkpoint: pass --from PATH (model.init_from)")
-    model, tokenizer = load_pretrained(model_dir(m["init_from"]))
+    model, tokenizer = load_pretrained(m["init_from"])
     model.float()  # the trainer's precision setting decides the compute dtype; masters stay fp32
     if m["lora"]["r"]:
         if "decoder" in cfg["freeze"]:

@@ -8,6 +8,7 @@ from PIL import Image
 
 from eval_helpers import LINES, render_line, train_tiny, write_line_set
 from got import evaluate as E
+from got.layout import reading_order
 from got.cli import main
 
 LINES_ZH = ["今天的天气很好，我们去公园散步。", "光学字符识别把图像变成文字"]
@@ -145,10 +146,10 @@ def test_reading_order_columns_and_segments():
     col2 = [(220, 40, 400, 55), (220, 60, 390, 75)]  # the right column ends a line early
     footer = [(0, 120, 150, 135), (160, 121, 400, 136)]  # one line, two boxes 10 px apart: one segment
     table = [(0, 160, 60, 175), (300, 160, 400, 175)]  # a gap of 240 px > 2 x height: two segments
-    lines = E.reading_order([*col2, footer[1], *table, heading, *col1, footer[0]])
+    lines = reading_order([*col2, footer[1], *table, heading, *col1, footer[0]])
     assert lines == [[[heading]], [[col1[0]]], [[col1[1]]], [[col1[2]]], [[col2[0]]], [[col2[1]]],
                      [footer], [[table[0]], [table[1]]]]
-    assert E.reading_order([]) == []
+    assert reading_order([]) == []
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,206 @@
+"""Page layout: text boxes found on a page, put into reading order, cut into line crops.
+
+Two users: the OCR-1.0 peers (Tesseract, PP-OCR) arrange their detections with `reading_order`, and a text-line
+model (a preset whose input is a line, docs/default_model.md) reads a page as `line_crops` of it, batched through
+the same model. `find_text_boxes` is classic document analysis (ink mask, connected components, a closing that
+joins letters into words), fast on CPU and needing no weights.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+Rect = tuple[float, float, float, float]  # x0, y0, x1, y1
+
+
+# ---- detection -----------------------------------------------------------------------------------------------
+def ink_mask(gray: np.ndarray) -> np.ndarray:
+    """Pixels that differ clearly from the page's background (its median), dark-on-light or light-on-dark."""
+    diff = np.abs(gray.astype(np.int16) - int(np.median(gray)))
+    return diff > max(48, int(np.percentile(diff, 99.5)) // 3)
+
+
+def find_text_boxes(image: Image.Image) -> list[Rect]:
+    """Word / phrase boxes of a page, in pixels. Empty for a blank page.
+
+    The letter height h is the median height of ink components; letters closer than ~0.6 h join into one box,
+    dots and accents (closer than ~0.3 h above) join their letters. Boxes that cannot be text are dropped:
+    specks (smaller than h/3 both ways), rules (thinner than h/4 and longer than 8 h) and blocks taller than 5 h
+    (pictures, frames)."""
+    gray = np.asarray(image.convert("L"))
+    ink = ink_mask(gray)
+    labels, n = ndimage.label(ink, structure=np.ones((3, 3)))
+    if n == 0:
+        return []
+    sizes = [(s[0].stop - s[0].start, s[1].stop - s[1].start) for s in ndimage.find_objects(labels)]
+    heights = [h for h, w in sizes if h >= 4 and w <= 4 * h]
+    if not heights:
+        return []
+    h = float(np.median(heights))
+    kx, ky = max(3, round(0.6 * h)), max(1, round(0.3 * h))
+    joined = ndimage.binary_closing(ink, structure=np.ones((ky, kx)), border_value=0) | ink
+    labels, n = ndimage.label(joined, structure=np.ones((3, 3)))
+    boxes = []
+    for sl in ndimage.find_objects(labels):
+        y0, y1, x0, x1 = sl[0].start, sl[0].stop, sl[1].start, sl[1].stop
+        bh, bw = y1 - y0, x1 - x0
+        if (bh < h / 3 and bw < h / 3) or (bh < h / 4 and bw > 8 * h) or bh > 5 * h:
+            continue
+        boxes.append((float(x0), float(y0), float(x1), float(y1)))
+    return boxes
+
+
+@dataclass
+class Segment:
+    """One piece of a line, read as one model input."""
+    box: tuple[int, int, int, int]  # crop in page pixels, margin included
+    line: int  # index of its line in reading order
+
+
+def line_segments(image: Image.Image, region: Sequence[float] | None = None) -> list[Segment]:
+    """The page (or `region` x0,y0,x1,y1 of it) as line segments in reading order, each with a margin of a
+    sixth of its height above and below and half its height left and right (what line slices are trained with)."""
+    ox, oy = 0, 0
+    if region is not None:
+        x0, y0, x1, y1 = (int(round(v)) for v in region)
+        image, ox, oy = image.crop((x0, y0, x1, y1)), x0, y0
+    out = []
+    for i, line in enumerate(reading_order(find_text_boxes(image))):
+        for seg in line:
+            x0, y0 = min(r[0] for r in seg), min(r[1] for r in seg)
+            x1, y1 = max(r[2] for r in seg), max(r[3] for r in seg)
+            hgt = y1 - y0
+            box = (max(0, int(x0 - hgt / 2)), max(0, int(y0 - hgt / 6)),
+                   min(image.width, int(math.ceil(x1 + hgt / 2))), min(image.height, int(math.ceil(y1 + hgt / 6))))
+            out.append(Segment((box[0] + ox, box[1] + oy, box[2] + ox, box[3] + oy), i))
+    return out
+
+
+def vertical_lines(boxes: Sequence[Rect]) -> bool:
+    """Do the text boxes run top-to-bottom (a page turned by 90 or 270 degrees)? Words and phrases are wider
+    than tall on an upright page; on a turned one the opposite holds for most of them."""
+    long = [(r[2] - r[0]) > (r[3] - r[1]) for r in boxes if max(r[2] - r[0], r[3] - r[1]) > 1.5 * min(r[2] - r[0], r[3] - r[1])]
+    return len(long) >= 3 and sum(long) < len(long) / 3
+
+
+def join_segments(segments: Sequence[Segment], texts: Sequence[str]) -> str:
+    """Segment texts -> the page text: segments of a line joined by a space, lines by a newline."""
+    lines: dict[int, list[str]] = {}
+    for seg, text in zip(segments, texts):
+        if text.strip():
+            lines.setdefault(seg.line, []).append(text.strip())
+    return "\n".join(" ".join(parts) for _, parts in sorted(lines.items()))
+
+
+# ---- reading order -------------------------------------------------------------------------------------------
+def reading_order(rects: Sequence[Rect]) -> list[list[list[Rect]]]:
+    """Text boxes -> lines in reading order, each line a list of segments (boxes recognized together).
+
+    Bands: boxes whose vertical extents overlap (by > 30% of the smaller) chain into one band. Blocks: consecutive
+    bands sharing the same column gutters (x-gaps wider than the median box height with no box in them); a band
+    that crosses a gutter, such as a full-width heading, starts a new block. A block is read column by column,
+    each column line by line (a block of one line is just that line); a line is split into segments at gaps wider
+    than twice its height.
+    """
+    if not rects:
+        return []
+    heights = sorted(r[3] - r[1] for r in rects)
+    min_gutter = max(1.0, heights[len(heights) // 2])
+    blocks: list[tuple[list[tuple[float, float]], list[Rect]]] = []
+    for band in _bands(rects):
+        if blocks:
+            kept = _keep_gutters(blocks[-1][0], band, min_gutter)
+            if kept is not None:
+                blocks[-1] = (kept, blocks[-1][1] + band)
+                continue
+        blocks.append((_gutters(band, min_gutter), list(band)))
+    lines = []
+    for gutters, members in blocks:
+        rows = _rows(members)
+        if len(rows) == 1:  # one line with wide gaps (a table row, a form line): segments, not columns
+            lines.append(_segments(rows[0]))
+            continue
+        edges = [-math.inf] + [(a + b) / 2 for a, b in gutters] + [math.inf]
+        for lo, hi in zip(edges, edges[1:]):
+            column = [r for r in members if lo <= (r[0] + r[2]) / 2 < hi]
+            lines += [_segments(row) for row in _rows(column)]
+    return lines
+
+
+def _overlap(a0: float, a1: float, b0: float, b1: float) -> float:
+    return min(a1, b1) - max(a0, b0)
+
+
+def _bands(rects: Sequence[Rect]) -> list[list[Rect]]:
+    bands: list[list[Rect]] = []
+    for r in sorted(rects, key=lambda r: r[1]):
+        if bands and any(_overlap(q[1], q[3], r[1], r[3]) > 0.3 * min(q[3] - q[1], r[3] - r[1]) for q in bands[-1]):
+            bands[-1].append(r)
+        else:
+            bands.append([r])
+    return bands
+
+
+def _free(band: Sequence[Rect], lo: float, hi: float) -> list[tuple[float, float]]:
+    """x-intervals inside (lo, hi) that no box of the band covers."""
+    spans, x = [], lo
+    for r in sorted(band, key=lambda r: r[0]):
+        if r[0] > x:
+            spans.append((x, min(r[0], hi)))
+        x = max(x, r[2])
+        if x >= hi:
+            break
+    if x < hi:
+        spans.append((x, hi))
+    return [(a, b) for a, b in spans if b > a]
+
+
+def _gutters(band: Sequence[Rect], min_width: float) -> list[tuple[float, float]]:
+    """Column gaps of a band: free x-intervals between its leftmost and rightmost boxes, at least min_width wide."""
+    lo, hi = min(r[0] for r in band), max(r[2] for r in band)
+    return [(a, b) for a, b in _free(band, lo, hi) if b - a >= min_width]
+
+
+def _keep_gutters(gutters, band, min_width) -> list[tuple[float, float]] | None:
+    """The block's gutters narrowed to what this band leaves free, or None if the band crosses one of them
+    (or either side has gutters the other lacks)."""
+    if not gutters:
+        return [] if not _gutters(band, min_width) else None
+    kept = []
+    for a, b in gutters:
+        free = [(x, y) for x, y in _free(band, a, b) if y - x >= min_width]
+        if not free:
+            return None
+        kept.append(max(free, key=lambda g: g[1] - g[0]))
+    return kept
+
+
+def _rows(rects: Sequence[Rect]) -> list[list[Rect]]:
+    """Boxes grouped into text lines (vertical overlap > half the smaller height), top to bottom."""
+    rows: list[list[Rect]] = []
+    for r in sorted(rects, key=lambda r: (r[1] + r[3]) / 2):
+        if rows:
+            top, bottom = min(q[1] for q in rows[-1]), max(q[3] for q in rows[-1])
+            if _overlap(top, bottom, r[1], r[3]) > 0.5 * min(bottom - top, r[3] - r[1]):
+                rows[-1].append(r)
+                continue
+        rows.append([r])
+    return rows
+
+
+def _segments(row: Sequence[Rect]) -> list[list[Rect]]:
+    """A line's boxes, left to right, split where the gap exceeds twice the line height."""
+    row = sorted(row, key=lambda r: r[0])
+    segs = [[row[0]]]
+    for r in row[1:]:
+        height = max(q[3] for q in segs[-1]) - min(q[1] for q in segs[-1])
+        if r[0] - max(q[2] for q in segs[-1]) > 2 * height:
+            segs.append([r])
+        else:
+            segs[-1].append(r)
+    return segs

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The default model's recipe in one command: stage 1 -> 2 -> 3 (each resumable: rerun to continue), then the bf16
+# export that ships in the package (got/assets/default). What it is and how it was measured: docs/default_model.md.
+#   scripts/train_default.sh                          CPU profile (2 cores, about 2.5 hours)
+#   PROFILE=gpu scripts/train_default.sh              the same recipe, 16x the batch (and so the samples)
+#   PROFILE=smoke OUT=/tmp/d scripts/train_default.sh  two steps of every stage, nothing shipped (the tests run it)
+# OUT=dir puts the run dirs under dir (default runs/); SHIP=0 skips the export; extra KEY=VALUE args go to every stage.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PROFILE=${PROFILE:-cpu}
+OUT=${OUT:-runs}
+case "$PROFILE" in
+  cpu)   P=(); SHIP=${SHIP:-1} ;;
+  gpu)   P=(train.global_batch_size=256 train.micro_batch_size=64 data.num_workers=8); SHIP=${SHIP:-1} ;;
+  smoke) P=(train.max_steps=2 train.global_batch_size=2 train.micro_batch_size=2 train.warmup_steps=1
+            data.num_workers=0 output.save_every=2 output.log_every=1); SHIP=${SHIP:-0} ;;
+  *) echo "train_default.sh: PROFILE must be cpu, gpu or smoke (got '$PROFILE')" >&2; exit 2 ;;
+esac
+train() {  # STAGE, then overrides
+  local stage=$1; shift
+  python3 -m got.cli train --stage "$stage" --config "configs/default/stage$stage.yaml" --resume auto \
+    output.dir="$OUT/default_stage$stage" "$@" "${P[@]}" "${EXTRA[@]}"
+}
+EXTRA=("$@")
+train 1
+train 2 model.encoder_from="$OUT/default_stage1"
+train 3 model.init_from="$OUT/default_stage2"
+if [ "$SHIP" = 1 ]; then
+  python3 -m got.cli convert --from "$OUT/default_stage3" --to got/assets/default --dtype bfloat16
+fi

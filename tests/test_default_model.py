@@ -1,0 +1,91 @@
+"""The shipped default model (got/assets/default, docs/default_model.md) reads: rendered lines at a seed and in
+fonts never used in training, a paragraph, a two-column page in column order; it invents nothing on a blank or
+noise image, turns rotated pages back, and answers `got chat IMAGE` with no --model. The recipe that made it runs
+end to end in its smoke profile."""
+import json
+import random
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from data_engines.fonts import HELD_OUT_FAMILIES
+from data_engines.plain import Page, draw_page, layout_page, lines_text, random_style, render_line
+from got.inference import GOT
+from got.metrics import cer
+from train_helpers import REPO, env
+
+SEED = 7_000_000  # far from the training mixture's draws
+
+
+@pytest.fixture(scope="module")
+def model():
+    return GOT.from_pretrained()
+
+
+def held_out_page(seed: int, columns: int, family: str, size=(900, 700), font_size=18) -> tuple[Image.Image, str]:
+    rng = random.Random(seed)
+    style = random_style(rng, "en", size, font_size=font_size, columns=columns)
+    style.family, style.heading_family, style.header, style.page_number = family, family, False, False
+    page = layout_page(rng, style, size, title=False)
+    return draw_page(page), lines_text(page.lines)
+
+
+def test_reads_fresh_lines(model):
+    rng = random.Random(SEED)
+    lines = [render_line(rng, "en") for _ in range(20)]
+    reads = model.chat_batch([im for im, _ in lines], batch_size=10)
+    errors = sum(cer(r, t) * len(t) for r, (_, t) in zip(reads, lines))
+    assert errors / sum(len(t) for _, t in lines) <= 0.03, list(zip(reads, [t for _, t in lines]))
+
+
+def test_reads_a_paragraph_in_an_unseen_font(model):
+    image, truth = held_out_page(SEED + 1, 1, HELD_OUT_FAMILIES[0], size=(700, 260))
+    answer = model.chat(image)
+    assert cer(answer, truth) <= 0.10, (answer, truth)
+
+
+def test_two_columns_in_column_order(model):
+    image, truth = held_out_page(SEED + 2, 2, "serif")
+    answer = model.chat(image)
+    left, right = truth.split("\n")[0], truth.split("\n")[-1]
+    assert cer(answer, truth) <= 0.15, (answer, truth)
+    # the first line of the left column comes first, the last line of the right column last
+    assert cer(answer.split("\n")[0], left) <= 0.2 and cer(answer.split("\n")[-1], right) <= 0.2, answer
+
+
+def test_blank_and_noise_give_no_text(model):
+    blank = Image.new("RGB", (800, 600), (250, 250, 245))
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (400, 400, 3), dtype=np.uint8))
+    assert model.chat(blank) == ""
+    assert len(model.chat(noise)) <= 3
+
+
+@pytest.mark.parametrize("angle", [90, 180, 270])
+def test_rotated_page_is_turned_back(model, angle):
+    image, truth = held_out_page(SEED + 3, 1, "sans", size=(700, 300))
+    upright = model.chat(image)
+    assert model.chat(image.rotate(angle, expand=True, fillcolor="white")) == upright
+
+
+def test_got_chat_without_model(tmp_path):
+    image = tmp_path / "line.png"
+    im, text = render_line(random.Random(SEED + 4), "en")
+    im.save(image)
+    p = subprocess.run([sys.executable, "-m", "got.cli", "chat", str(image)], cwd=tmp_path, env=env(),
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert cer(json.loads(p.stdout)["text"], text) <= 0.1
+
+
+@pytest.mark.slow
+def test_recipe_smoke_profile_runs_every_stage(tmp_path):
+    p = subprocess.run(["bash", "scripts/train_default.sh"], cwd=REPO, capture_output=True, text=True, timeout=900,
+                       env=env(PROFILE="smoke", OUT=str(tmp_path)))
+    assert p.returncode == 0, p.stderr[-4000:]
+    for stage in (1, 2, 3):
+        summary = json.loads((tmp_path / f"default_stage{stage}" / "summary.json").read_text())
+        assert summary["stage"] == str(stage) and summary["steps"] == 2
+    assert GOT.from_pretrained(tmp_path / "default_stage3", dtype="float32").line_model

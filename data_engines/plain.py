@@ -261,9 +261,11 @@ def _slice_colors(rng: random.Random) -> tuple[tuple[int, int, int], tuple[int, 
     return (light, dark) if rng.random() < 0.1 else (dark, light)
 
 
-def render_line(rng: random.Random, lang: str, size: tuple[int, int] = (16, 48)) -> tuple[Image.Image, str]:
-    """One text line cropped with a small random margin (a PP-OCR recognition-style slice)."""
-    font = T.get_font(rng.choice(T.BODY_FAMILIES[lang]), rng.randint(*size))
+def render_line(rng: random.Random, lang: str, size: tuple[int, int] = (16, 48),
+                family: str | None = None) -> tuple[Image.Image, str]:
+    """One text line cropped with a small random margin (a PP-OCR recognition-style slice); `family` fixes the
+    font (held-out evaluation sets use fonts no training mix draws)."""
+    font = T.get_font(family or rng.choice(T.BODY_FAMILIES[lang]), rng.randint(*size))
     text = T.snippet(rng, lang, 12 if lang == "en" else 24)
     top, bot = T.ink_extent(font)
     pad_x, pad_y = rng.randint(2, font.size), rng.randint(2, max(3, font.size // 3))
@@ -290,11 +292,13 @@ def render_page_line(rng: random.Random, lang: str) -> tuple[Image.Image, str]:
     return img, line.text
 
 
-def render_paragraph(rng: random.Random, lang: str) -> tuple[Image.Image, list[Line]]:
+def render_paragraph(rng: random.Random, lang: str, family: str | None = None) -> tuple[Image.Image, list[Line]]:
     """A paragraph (optionally under a heading) set in a narrow box and cropped: a paragraph slice."""
     fs = rng.randint(14, 30)
     width = rng.randint(fs * (14 if lang == "en" else 9), fs * (40 if lang == "en" else 30))
     style = random_style(rng, lang, (width, 10 ** 5), font_size=fs, columns=1)
+    if family:
+        style.family = style.heading_family = family
     ink, paper = _slice_colors(rng)
     pad = rng.randint(4, 2 * fs)
     style.margins, style.header, style.page_number = (pad, pad, pad, pad), False, False

@@ -29,11 +29,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from got.processor import ImageProcessor, load_image
-from got.prompts import PromptTooLong, encode_conversation, parse_record
+from got.processor import GOTProcessor, load_image
+from got.prompts import PromptTooLong, parse_record
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
-CROP_QUERY = "upon the patch reference"  # the multi-crop queries (REFERENCE §2): cut the image into tiles
 
 
 @dataclass
@@ -56,11 +55,11 @@ class Skip:
 
 # ---- encoding ----------------------------------------------------------------------------------------------------
 class SampleEncoder:
-    """(images, turns) -> Example: tiles (multi-crop queries only), `<imgpad>` x image_token_len per tile, label mask."""
+    """(images, turns) -> Example through the one input path (`GOTProcessor.conversation`): tiles as the
+    conversation's Query says (multi-crop only for a multi-crop query, at most `max_tiles`), label mask."""
 
     def __init__(self, tokenizer, image_size: int, image_token_len: int, max_length: int, max_tiles: int = 6):
-        self.tokenizer = tokenizer
-        self.processor = ImageProcessor(image_size=image_size)
+        self.processor = GOTProcessor(tokenizer, image_size, image_token_len)
         self.image_token_len = image_token_len
         self.max_length = max_length
         self.max_tiles = max_tiles
@@ -68,12 +67,8 @@ class SampleEncoder:
     def __call__(self, images: Sequence[Any], turns: list[dict[str, str]], origin: str) -> Example | Skip:
         try:
             pil = [im if isinstance(im, Image.Image) else load_image(im) for im in images]
-            pixel_values = None
-            if pil:
-                crop = len(pil) == 1 and any(CROP_QUERY in t.get("value", "") for t in turns)
-                pixel_values = self.processor(pil, crop=crop, max_tiles=self.max_tiles)
+            pixel_values, input_ids, labels = self.processor.conversation(pil, turns, self.max_tiles)
             n_tiles = 0 if pixel_values is None else pixel_values.shape[0]
-            input_ids, labels = encode_conversation(self.tokenizer, turns, n_tiles * self.image_token_len)
             if len(input_ids) > self.max_length:  # a cut answer would teach the model to stop mid-page: skip it
                 raise PromptTooLong(f"{len(input_ids)} tokens ({n_tiles} tile(s) x {self.image_token_len} image "
                                     f"tokens) > max_length {self.max_length}")

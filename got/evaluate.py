@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
@@ -33,6 +33,7 @@ from typing import Any, Sequence
 from PIL import Image
 
 from got import metrics as M
+from got.prompts import Query, build_query
 from got.layout import reading_order
 
 PEERS = ("tesseract", "rapidocr")
@@ -42,10 +43,6 @@ TABLE_COLUMNS = [("edit_distance", "edit dist ↓"), ("f1", "F1 ↑"), ("precisi
 PART_COLUMNS = [("edit_distance", "edit dist ↓"), ("f1", "F1 ↑"), ("bleu", "BLEU ↑"), ("meteor", "METEOR ↑"),
                 ("cer", "CER ↓")]
 
-# Every query GOT knows (got.prompts.build_query), parsed back into its parts.
-_QUERY = re.compile(r"(?:\[(?P<box>\d+(?:, \d+){1,3})\] |\[(?P<color>red|green|blue)\] )?"
-                    r"OCR(?P<format> with format)?(?: (?P<crop>upon the patch reference)|"
-                    r" (?P<pages>across multi pages))?: ")
 _CJK_GAP = re.compile(r"(?<=[\u3400-\u9fff\uff00-\uffef\u3000-\u303f]) +(?=[\u3400-\u9fff\uff00-\uffef\u3000-\u303f])")
 
 
@@ -70,10 +67,8 @@ def set_mode(query: str, mode: str | None) -> str:
     any other query (a benchmark's own wording, e.g. Fox's) becomes GOT's plain or format query."""
     if mode in (None, "auto"):
         return query
-    base = "OCR with format" if mode == "format" else "OCR"
-    if not _QUERY.fullmatch(query):
-        return f"{base}: "
-    return query.replace("OCR with format", "OCR").replace("OCR", base)
+    parsed = Query.parse(query)
+    return build_query(mode) if parsed.raw is not None else parsed.with_mode(mode).text()
 
 
 def load_dataset(path: str | Path, image_root: str | Path | None = None, mode: str | None = None,
@@ -114,10 +109,9 @@ def load_dataset(path: str | Path, image_root: str | Path | None = None, mode: s
         human = turns[0]["value"]
         query = human.split(IMAGE_PLACEHOLDER, 1)[1].removeprefix("\n") if IMAGE_PLACEHOLDER in human else human
         query = set_mode(query, mode)
-        m = _QUERY.fullmatch(query)
-        box = [int(v) for v in m["box"].split(", ")] if m and m["box"] else None
+        q = Query.parse(query)
         samples.append(EvalSample(index=i, dataset=path.stem, images=images, query=query, answer=turns[1]["value"],
-                                  box=box, crop=bool(m and m["crop"])))
+                                  box=list(q.box) if q.box else None, crop=q.crop))
     return samples
 
 
@@ -143,30 +137,12 @@ class GOTSystem:
                 "device": str(self.got.device)}
 
     def _prompt(self, s: EvalSample):
-        from got.inference import Prompt
-        from got.processor import load_image
-        from got.prompts import encode_prompt
-
+        """The record's own query (a Query parsed from its text) through GOT's one input path."""
         t0 = time.perf_counter()
-        proc, cfg = self.got.processor, self.got.config
-        images = [load_image(p) for p in s.images]
-        if self.got.line_model and len(images) == 1 and not s.crop and not s.formatted:
-            box = None if s.box is None else [v * images[0].size[i % 2] / 1000 for i, v in enumerate(s.box)]
-            [prompt] = self.got.prepare(images[0], box=box, index=s.index)
-            prompt.source, prompt.mode, prompt.seconds = s.images[0], "eval", time.perf_counter() - t0
-            return prompt
-        if len(images) > 1:
-            pixels = proc([*images])
-        elif s.crop:
-            pixels = proc(images[0], crop=True, max_tiles=self.max_tiles)
-        else:
-            pixels = proc.preprocess(images[0]).unsqueeze(0)
-        ids = encode_prompt(self.got.tokenizer, s.query, cfg.image_token_len * pixels.shape[0])
-        if len(ids) >= self.got.max_positions:
-            raise ValueError(f"{s.images[0]}: the prompt needs {len(ids)} tokens but the model takes at most "
-                             f"{self.got.max_positions}; use --max-tiles or fewer pages")
-        return Prompt(source=s.images[0], mode="eval", input_ids=ids, pixel_values=pixels.to(self.got.dtype),
-                      multi_page=len(images) > 1, seconds=time.perf_counter() - t0, index=s.index)
+        query = replace(Query.parse(s.query), crop=s.crop, max_tiles=self.max_tiles, multi_page=len(s.images) > 1)
+        [prompt] = self.got.prepare(s.images if len(s.images) > 1 else s.images[0], query, index=s.index)
+        prompt.source, prompt.mode, prompt.seconds = s.images[0], "eval", time.perf_counter() - t0
+        return prompt
 
     def read(self, samples: Sequence[EvalSample], progress=None) -> list[tuple[str, float]]:
         answers = self.got.generate([self._prompt(s) for s in samples], max_new_tokens=self.max_new_tokens,

@@ -32,7 +32,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -43,12 +43,22 @@ from transformers.generation.stopping_criteria import StoppingCriteria, Stopping
 from transformers.generation.streamers import BaseStreamer
 
 from got.processor import is_pdf, open_pdf
-from got.prompts import build_query, encode_prompt
+from got.prompts import Query, build_query
 
 ImageLike = str | os.PathLike | Image.Image | np.ndarray | bytes
 IMAGE_SUFFIXES = {  # known image types; anything else PIL cannot open is 'unsupported'
     ".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".jfif"}
-CHAT_OPTIONS = ("mode", "box", "color", "crop", "max_tiles", "pages", "multi_page")
+CHAT_OPTIONS = ("mode", "box", "color", "crop", "max_tiles", "pages", "multi_page")  # the fields of a Query
+
+
+def as_query(query: Query | None, options: dict) -> Query:
+    """A Query, from `query` or from its fields given as keywords (not both)."""
+    unknown = set(options) - set(CHAT_OPTIONS)
+    if unknown:
+        raise TypeError(f"unknown options {sorted(unknown)}; allowed: {', '.join(CHAT_OPTIONS)}")
+    if query is not None and options:
+        raise TypeError("give a Query or its fields as keywords, not both")
+    return query if query is not None else Query(**options)
 
 
 # ---- decoder attention for CPU generation --------------------------------------------------------------------
@@ -371,7 +381,7 @@ class GOT:
     """A loaded model + tokenizer + image processor, with GOT's chat modes on top."""
 
     def __init__(self, model, tokenizer, dtype: torch.dtype | None = None, int8: bool = False):
-        from got.processor import ImageProcessor
+        from got.processor import GOTProcessor
 
         self.model = model.eval()
         self.tokenizer = tokenizer
@@ -382,7 +392,8 @@ class GOT:
         self.autocast = self.device.type == "cpu" and self.dtype == torch.bfloat16 and not int8
         if self.device.type == "cpu":  # see decode_attention and ChunkedKVLayer
             use_decode_attention(model.decoder)
-        self.processor = ImageProcessor(image_size=self.config.image_size)
+        self.inputs = GOTProcessor(tokenizer, self.config.image_size, self.config.image_token_len)
+        self.processor = self.inputs.image
         # A text-line preset (non-square input) reads pages through got.layout, line by line (docs/default_model.md)
         self.line_model = self.processor.line_hw is not None
         self.stop_ids = [tokenizer.im_end_id, tokenizer.endoftext_id]
@@ -429,76 +440,68 @@ class GOT:
         return cls(model, tokenizer, dtype=dtype, int8=int8)
 
     # ---- inputs -> prompts -----------------------------------------------------------------------------------
-    def prepare(self, item: ImageLike | Sequence[ImageLike], *, mode: str = "plain", box: Sequence[float] | None = None,
-                color: str | None = None, crop: bool = False, max_tiles: int = 6, pages=None,
-                multi_page: bool = False, index: int = 0) -> list[Prompt]:
+    def prepare(self, item: ImageLike | Sequence[ImageLike], query: Query | None = None, *, index: int = 0,
+                **options) -> list[Prompt]:
         """Turn one input into its prompt(s): one for an image or a multi-page prompt, one per page when a
-        PDF (or a list of images) is answered page by page. Raises ValueError / FileNotFoundError naming
-        the input and the problem."""
-        return list(self.iter_prompts(item, mode=mode, box=box, color=color, crop=crop, max_tiles=max_tiles,
-                                      pages=pages, multi_page=multi_page, index=index))
+        PDF (or a list of images) is answered page by page. `query` (or its fields as keywords: mode, box,
+        color, crop, max_tiles, pages, multi_page) says what is asked. Raises ValueError / FileNotFoundError
+        naming the input and the problem."""
+        return list(self.iter_prompts(item, query, index=index, **options))
 
-    def iter_prompts(self, item, *, mode: str = "plain", box=None, color=None, crop: bool = False,
-                     max_tiles: int = 6, pages=None, multi_page: bool = False, index: int = 0) -> Iterator[Prompt]:
+    def iter_prompts(self, item, query: Query | None = None, *, index: int = 0, **options) -> Iterator[Prompt]:
         """Lazy `prepare`: a 300-page PDF answered page by page holds one page in memory at a time."""
         from got.processor import load_image, load_pdf
 
         source = _source_name(item, index)
         t0 = time.perf_counter()
         try:
-            build_query(mode)  # an unknown mode fails here, before any file is read
-        except ValueError as e:
+            q = as_query(query, options)
+            build_query(q.mode)  # an unknown mode fails here, before any file is read
+        except (ValueError, TypeError) as e:
             raise ValueError(f"{source}: {e}") from None
-        if crop and multi_page:
+        if q.crop and q.multi_page:
             raise ValueError(f"{source}: crop (multi-crop) and multi_page cannot be combined")
-        if (box is not None or color is not None) and (crop or multi_page):
+        if (q.box is not None or q.color is not None) and (q.crop or q.multi_page):
             raise ValueError(f"{source}: box / color prompts take one whole image; drop crop / multi_page")
         if isinstance(item, (list, tuple)):  # a document given as images
             if not item:
                 raise ValueError(f"{source}: empty list of pages")
-            wanted = parse_pages(pages, len(item), source)
+            wanted = parse_pages(q.pages, len(item), source)
             loaders = [(p, functools.partial(self._load_image, item[p - 1], source, load_image)) for p in wanted]
         elif is_pdf(item):
-            wanted = parse_pages(pages, self._pdf_page_count(item, source), source)
+            wanted = parse_pages(q.pages, self._pdf_page_count(item, source), source)
             loaders = [(p, functools.partial(self._load_pdf_page, item, p, source, load_pdf)) for p in wanted]
         else:
-            if pages not in (None, 1, "1", [1]):
-                raise ValueError(f"{source}: pages={pages!r} given but this input is a single image")
+            if q.pages not in (None, 1, "1", [1]):
+                raise ValueError(f"{source}: pages={q.pages!r} given but this input is a single image")
             loaders = [(None, functools.partial(self._load_image, item, source, load_image))]
-        label = mode + ("+box" if box is not None else "") + ("+color" if color is not None else "") \
-            + ("+crop" if crop else "") + ("+multi-page" if multi_page and len(loaders) > 1 else "")
+        label = q.mode + ("+box" if q.box is not None else "") + ("+color" if q.color is not None else "") \
+            + ("+crop" if q.crop else "") + ("+multi-page" if q.multi_page and len(loaders) > 1 else "")
         if self.line_model:
-            refused = [what for what, on in (("format", mode == "format"), ("color", color is not None),
-                                             ("crop", crop), ("multi_page", multi_page and len(loaders) > 1)) if on]
+            refused = [what for what, on in (("format", q.mode == "format"), ("color", q.color is not None),
+                                             ("crop", q.crop), ("multi_page", q.multi_page and len(loaders) > 1)) if on]
             if refused:
                 raise ValueError(f"{source}: this model reads text lines (plain OCR, optionally inside a box); "
                                  f"it does not take {', '.join(refused)}")
             for page, load in loaders:
                 t0 = t0 if page is None else time.perf_counter()
-                yield self._line_prompt(source, label, load(), box, page, t0, index)
+                yield self._line_prompt(source, label, load(), q, page, t0, index)
             return
-        if multi_page and len(loaders) > 1:
-            pixels = torch.stack([self.processor.preprocess(load()) for _, load in loaders])
-            yield self._prompt(source, label, build_query(mode, multi_page=True), pixels, None, t0, index, True)
+        if q.multi_page and len(loaders) > 1:
+            yield self._prompt(source, label, [load() for _, load in loaders], q, None, t0, index)
             return
-        if multi_page:  # a one-page document: the single-image prompt the model knows, still one answer
+        if q.multi_page:  # a one-page document: the single-image prompt the model knows, still one answer
             loaders = [(None, loaders[0][1])]
         for page, load in loaders:
             t0 = t0 if page is None else time.perf_counter()
-            image = load()
-            try:
-                query = build_query(mode, box=box, color=color, image_size=image.size, multi_crop=crop)
-            except ValueError as e:
-                raise ValueError(f"{source}{'' if page is None else f' page {page}'}: {e}") from None
-            pixels = self.processor([image], crop=crop, max_tiles=max_tiles) if crop \
-                else self.processor.preprocess(image).unsqueeze(0)
-            yield self._prompt(source, label, query, pixels, page, t0, index)
+            yield self._prompt(source, label, [load()], q, page, t0, index)
 
-    def _line_prompt(self, source, label, image, box, page, t0, index) -> Prompt:
+    def _line_prompt(self, source, label, image, query: Query, page, t0, index) -> Prompt:
         """The line route: the page (or the box of it) cut into line segments in reading order, one crop each."""
         from got.layout import line_segments
 
         where = source if page is None else f"{source} page {page}"
+        box = query.pixel_box(image.size)
         if box is not None:
             build_query("plain", box=box, image_size=image.size)  # the same box checks as a page model
             x0, y0, x1, y1 = box if len(box) == 4 else (*box, *box)
@@ -508,12 +511,10 @@ class GOT:
         if box is None:
             image = self.upright(image)
         segments = line_segments(image, box)
-        s = self.processor.line_hw
-        pixels = torch.stack([self.processor.preprocess(image.crop(g.box)) for g in segments]) if segments \
-            else torch.zeros(0, 3, *s)
-        prompt = self._prompt(source, label, build_query("plain"), pixels[:1] if segments else torch.zeros(1, 3, *s),
-                              page, t0, index)
-        prompt.pixel_values, prompt.segments = pixels.to(self.dtype), segments
+        crops = [image.crop(g.box) for g in segments]
+        prompt = self._prompt(source, label, crops[:1] or [image], Query(), page, t0, index)
+        pixels = self.inputs.pixels(crops, Query()) if crops else prompt.pixel_values[:0]
+        prompt.pixel_values, prompt.segments, prompt.multi_page = pixels.to(self.dtype), segments, False
         return prompt
 
     @torch.inference_mode()
@@ -534,7 +535,7 @@ class GOT:
             segs = line_segments(turned)[:probe]
             if not segs:
                 continue
-            pixels = torch.stack([self.processor.preprocess(turned.crop(g.box)) for g in segs]).to(self.dtype)
+            pixels = self.inputs.pixels([turned.crop(g.box) for g in segs], Query()).to(self.dtype)
             with self._autocast():
                 reads = tower.ctc_decode(tower(pixels.to(self.device)))
             score = sum(conf * len(text) for text, conf in reads) / max(1, sum(len(t) for t, _ in reads)) \
@@ -543,14 +544,17 @@ class GOT:
                 best, best_score = turned, score
         return best
 
-    def _prompt(self, source, label, query, pixels, page, t0, index, multi_page=False) -> Prompt:
-        n_tokens = self.config.image_token_len * pixels.shape[0]
-        ids = encode_prompt(self.tokenizer, query, n_tokens)
+    def _prompt(self, source, label, images, query: Query, page, t0, index) -> Prompt:
+        """One prompt through the one input path (got.processor.GOTProcessor)."""
+        try:
+            pixels, ids = self.inputs.prompt(images, query)
+        except ValueError as e:
+            raise ValueError(f"{source}{'' if page is None else f' page {page}'}: {e}") from None
         if len(ids) >= self.max_positions:
             raise ValueError(f"{source}: the prompt needs {len(ids)} tokens ({pixels.shape[0]} tiles/pages) but the "
                              f"model takes at most {self.max_positions}; use fewer pages or --max-tiles")
         return Prompt(source=source, mode=label, input_ids=ids, pixel_values=pixels.to(self.dtype),
-                      multi_page=multi_page, page=page, seconds=time.perf_counter() - t0, index=index)
+                      multi_page=len(images) > 1, page=page, seconds=time.perf_counter() - t0, index=index)
 
     @staticmethod
     def _load_image(item, source: str, load_image) -> Image.Image:
@@ -736,19 +740,18 @@ class GOT:
                       prompt.seconds + time.perf_counter() - t0, finish, prompt.page, prompt.index)
 
     # ---- chat ---------------------------------------------------------------------------------------------------
-    def chat(self, image: ImageLike | Sequence[ImageLike], mode: str = "plain", box: Sequence[float] | None = None,
-             color: str | None = None, crop: bool = False, max_tiles: int = 6, pages=None, multi_page: bool = False,
-             max_new_tokens: int = 4096, stream: bool = False) -> str | list[str] | Iterator[str]:
-        """OCR one input. mode "plain" or "format"; box (x1, y1, x2, y2) in pixels of the image, or color
-        red/green/blue for fine-grained OCR; crop for multi-crop (up to max_tiles tiles + a thumbnail).
+    def chat(self, image: ImageLike | Sequence[ImageLike], query: Query | None = None, *, max_new_tokens: int = 4096,
+             stream: bool = False, **options) -> str | list[str] | Iterator[str]:
+        """OCR one input. `query` (or its fields as keywords): mode "plain" or "format"; box (x1, y1, x2, y2) in
+        pixels of the image, or color red/green/blue for fine-grained OCR; crop for multi-crop (up to max_tiles
+        tiles + a thumbnail).
 
         A PDF (path or bytes) or a list of images is a document: `pages` picks pages ("1-3,5", 2, [1, 2];
         default all); it is answered page by page (-> list[str]) unless multi_page=True (-> one str from
         one multi-page prompt). stream=True returns an iterator of text pieces instead (pages of a
         page-by-page document follow each other, separated by a blank line).
         """
-        prompts = self.prepare(image, mode=mode, box=box, color=color, crop=crop, max_tiles=max_tiles,
-                               pages=pages, multi_page=multi_page)
+        prompts = self.prepare(image, query, **options)
         single = len(prompts) == 1 and prompts[0].page is None
         if stream:
             return self._stream_all(prompts, max_new_tokens)
@@ -761,19 +764,20 @@ class GOT:
                 yield "\n\n"
             yield from self.stream(p, max_new_tokens)
 
-    def chat_batch(self, items: Sequence[ImageLike | Sequence[ImageLike] | dict], batch_size: int = 8,
-                   max_new_tokens: int = 4096, **options) -> list[str | list[str]]:
-        """Many inputs at once, batched; `chat_batch(xs, **kw)[i] == chat(xs[i], **kw)` (same text).
+    def chat_batch(self, items: Sequence[ImageLike | Sequence[ImageLike] | dict], query: Query | None = None, *,
+                   batch_size: int = 8, max_new_tokens: int = 4096, **options) -> list[str | list[str]]:
+        """Many inputs at once, batched; `chat_batch(xs, q)[i] == chat(xs[i], q)` (same text).
 
-        An item may be a dict `{"image": x, "box": [...], ...}` overriding the batch-wide `options`
+        An item may be a dict `{"image": x, "box": [...], ...}` overriding fields of the batch-wide query
         (mode, box, color, crop, max_tiles, pages, multi_page) for that input.
         """
-        unknown = set(options) - set(CHAT_OPTIONS)
-        if unknown:
-            raise TypeError(f"chat_batch() got unknown options {sorted(unknown)}; allowed: {', '.join(CHAT_OPTIONS)}")
+        try:
+            base = as_query(query, options)
+        except TypeError as e:
+            raise TypeError(f"chat_batch(): {e}") from None
         per_item: list[list[Prompt]] = []
         for i, item in enumerate(items):
-            opts = dict(options)
+            q = base
             if isinstance(item, dict):
                 item = dict(item)
                 if "image" not in item:
@@ -782,9 +786,8 @@ class GOT:
                 bad = set(item) - set(CHAT_OPTIONS)
                 if bad:
                     raise ValueError(f"item #{i}: unknown options {sorted(bad)}; allowed: {', '.join(CHAT_OPTIONS)}")
-                opts.update(item)
-                item = image
-            per_item.append(self.prepare(item, index=i, **opts))
+                q, item = replace(base, **item), image
+            per_item.append(self.prepare(item, q, index=i))
         flat = [p for ps in per_item for p in ps]
         texts = iter(a.text for a in self.generate(flat, max_new_tokens=max_new_tokens, batch_size=batch_size))
         out: list[str | list[str]] = []
@@ -833,8 +836,8 @@ def cli_main(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1 or args.max_tiles < 1 or args.max_new_tokens < 1:
         raise ValueError("--batch-size, --max-tiles and --max-new-tokens must be >= 1")
-    options = dict(mode="format" if args.format else "plain", box=_parse_box(args.box), color=args.color,
-                   crop=args.crop, max_tiles=args.max_tiles, pages=args.pages, multi_page=args.multi_page)
+    query = Query(mode="format" if args.format else "plain", box=_parse_box(args.box), color=args.color,
+                  crop=args.crop, max_tiles=args.max_tiles, pages=args.pages, multi_page=args.multi_page)
     model = GOT.from_pretrained(args.model, dtype=args.dtype, device=args.device, int8=args.int8)
     out = open(args.out, "w", encoding="utf-8") if args.out else None
     records_to_stdout = out is None and not args.stream
@@ -861,7 +864,7 @@ def cli_main(args: argparse.Namespace) -> int:
         failures += 1
         msg = str(e) if str(e).startswith(source) else f"{source}: {e}"
         tqdm.write(f"got chat: error: {msg}", file=sys.stderr)
-        write({"path": source, "mode": options["mode"], "error": msg})
+        write({"path": source, "mode": query.mode, "error": msg})
 
     def finish(answers: list[Answer]) -> None:
         for a in answers:
@@ -884,8 +887,8 @@ def cli_main(args: argparse.Namespace) -> int:
     pending: list[Prompt] = []
     for i, path in enumerate(args.inputs):
         try:
-            opts = dict(options, pages=options["pages"] if is_pdf(path) else None)  # --pages: PDFs only
-            for prompt in model.iter_prompts(path, index=i, **opts):
+            q = query if is_pdf(path) else replace(query, pages=None)  # --pages: PDFs only
+            for prompt in model.iter_prompts(path, q, index=i):
                 remaining[i] += 1
                 pending.append(prompt)
                 if len(pending) >= args.batch_size:

@@ -326,3 +326,42 @@ def fit_line(im: Image.Image, height: int, width: int) -> Image.Image:
     out = Image.new("RGB", (width, height), tuple(int(v) for v in np.median(border, axis=0)))
     out.paste(im, (0, 0))
     return out
+
+
+class GOTProcessor:
+    """THE input path: images (one, or the pages of a document) + a `Query` -> pixel tiles + token ids.
+
+    Training (`got.data.SampleEncoder`, with the answer turns), inference (`got.inference.GOT`) and evaluation
+    (`got.evaluate.GOTSystem`, through GOT) all call it, so the tiles a query gets (multi-crop only when the Query
+    says crop, one tile per page otherwise) and its `<imgpad>` count cannot differ between them."""
+
+    def __init__(self, tokenizer, image_size: int | Sequence[int], image_token_len: int):
+        self.tokenizer = tokenizer
+        self.image = ImageProcessor(image_size=image_size)
+        self.image_token_len = image_token_len
+
+    def pixels(self, images: Sequence[Image.Image], query) -> torch.Tensor:
+        """(tiles, 3, H, W): the multi-crop tiles (+ thumbnail) of one image when `query.crop`, else one per image."""
+        if query.crop and len(images) == 1:
+            return self.image(images[0], crop=True, max_tiles=query.max_tiles)
+        return torch.stack([self.image.preprocess(im) for im in images])
+
+    def prompt(self, images: Sequence[Image.Image], query) -> tuple[torch.Tensor, list[int]]:
+        """Inference: (pixel_values, prompt ids ending in `<|im_start|>assistant\\n`)."""
+        from got.prompts import encode_prompt
+
+        pixels = self.pixels(images, query)
+        text = query.text(images[0].size, multi_page=len(images) > 1)
+        return pixels, encode_prompt(self.tokenizer, text, self.image_token_len * pixels.shape[0])
+
+    def conversation(self, images: Sequence[Image.Image], turns,
+                     max_tiles: int = 6) -> tuple[torch.Tensor | None, list[int], list[int]]:
+        """Training: (pixel_values or None, input_ids, labels); the Query is read from the first human turn."""
+        from dataclasses import replace
+
+        from got.prompts import encode_conversation, query_of
+
+        query = replace(query_of(turns), max_tiles=max_tiles)
+        pixels = self.pixels(images, query) if images else None
+        n = 0 if pixels is None else pixels.shape[0]
+        return (pixels, *encode_conversation(self.tokenizer, turns, n * self.image_token_len))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -98,6 +99,76 @@ def build_query(mode: str = "plain", *, box: Sequence[float] | None = None, colo
             raise ValueError(f"unknown color {color!r}; GOT knows {', '.join(COLORS)}")
         return f"[{c}] {base}: "
     return f"{base}: "
+
+
+# Every query text build_query makes, read back into its parts (Query.parse).
+QUERY_RE = re.compile(r"(?:\[(?P<box>\d+(?:, \d+){1,3})\] |\[(?P<color>red|green|blue)\] )?"
+                      r"OCR(?P<format> with format)?(?: (?P<crop>upon the patch reference)|"
+                      r" (?P<pages>across multi pages))?: ")
+
+
+@dataclass(frozen=True)
+class Query:
+    """What is asked of an input: GOT's mode plus its fine-grained, multi-crop and multi-page options.
+
+    The one value that training (got.data), inference (got.inference) and evaluation (got.evaluate) pass around:
+    its text is built by `text` and read back by `parse`, so the multi-crop decision comes from here, never from a
+    substring of a prompt. `box` is in pixels of the image, or on GOT's 0-1000 grid when `box_grid` (a parsed
+    query); `pages` picks PDF pages ("1-3,5"); `max_tiles` bounds multi-crop; `raw` is a query in other words
+    than GOT's (a fine-tuned model's own), asked verbatim.
+    """
+    mode: str = "plain"
+    box: tuple[float, ...] | None = None
+    color: str | None = None
+    crop: bool = False
+    max_tiles: int = 6
+    pages: Any = None
+    multi_page: bool = False
+    box_grid: bool = False
+    raw: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.box is not None and not isinstance(self.box, (str, bytes)) and hasattr(self.box, "__len__"):
+            object.__setattr__(self, "box", tuple(self.box))
+        if not isinstance(self.max_tiles, int) or isinstance(self.max_tiles, bool) or self.max_tiles < 1:
+            raise ValueError(f"max_tiles must be an int >= 1, got {self.max_tiles!r}")
+
+    def text(self, image_size: tuple[int, int] | None = None, multi_page: bool | None = None) -> str:
+        """The query text for an image of `image_size` (width, height): needed to map a pixel box to 0-1000."""
+        multi_page = self.multi_page if multi_page is None else multi_page
+        if self.raw is not None:
+            return self.raw
+        if self.box is not None and self.box_grid:
+            base = build_query(self.mode, multi_crop=self.crop, multi_page=multi_page)
+            return f"[{', '.join(str(int(v)) for v in self.box)}] {base}"
+        return build_query(self.mode, box=self.box, color=self.color, image_size=image_size,
+                           multi_crop=self.crop, multi_page=multi_page)
+
+    def pixel_box(self, image_size: tuple[int, int]) -> tuple[float, ...] | None:
+        """The box in pixels of an image of `image_size` (width, height)."""
+        if self.box is None or not self.box_grid:
+            return self.box
+        return tuple(v * image_size[i % 2] / 1000 for i, v in enumerate(self.box))
+
+    def with_mode(self, mode: str) -> "Query":
+        return replace(self, mode=mode)
+
+    @classmethod
+    def parse(cls, text: str) -> "Query":
+        """A query text (`[125, 83, 500, 500] OCR with format: `) -> Query (box on the grid); a text that is not
+        one of GOT's queries (a benchmark's or a fine-tune's own wording) is kept as `raw`."""
+        m = QUERY_RE.fullmatch(text)
+        if m is None:
+            return cls(raw=text)
+        box = tuple(int(v) for v in m["box"].split(", ")) if m["box"] else None
+        return cls(mode="format" if m["format"] else "plain", box=box, color=m["color"], crop=bool(m["crop"]),
+                   multi_page=bool(m["pages"]), box_grid=box is not None)
+
+
+def query_of(turns: Sequence[dict[str, str]]) -> "Query":
+    """The Query of a conversation's first human turn (the text after `<image>\n`)."""
+    human = _turn(turns[0])[1] if turns else ""
+    return Query.parse(human.split(IMAGE_PLACEHOLDER, 1)[1].removeprefix("\n") if IMAGE_PLACEHOLDER in human else human)
 
 
 # ---- prompt strings and ids --------------------------------------------------------------------------------------

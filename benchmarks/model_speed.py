@@ -76,7 +76,7 @@ def load(impl: str, dtype: str, workdir: Path):
     dt = getattr(torch, DTYPES[dtype])
     if impl == "ours":
         from got.checkpoint import load_model
-        from got.inference import ChunkedKVCache, use_decode_attention
+        from got.decode import ChunkedKVCache, use_decode_attention
 
         model = load_model(workdir / f"ours-{dtype}", dtype=dt)
         use_decode_attention(model.decoder)  # as `GOT` runs it on CPU

@@ -105,6 +105,27 @@ def _merge(base: dict, new: dict, where: str = "") -> dict:
     return out
 
 
+def _check_types(cfg: dict, defaults: dict, where: str = "") -> None:
+    """Every value has its default's type (numbers finite; an int where the default is an int; None defaults
+    take anything), so `train.lr=fast` or `train.epochs: 1.5` fails here naming the key, not an hour later."""
+    for k, default in defaults.items():
+        v, key = cfg[k], f"{where}{k}"
+        if isinstance(default, dict):
+            _check_types(v, default, key + ".")
+        elif default is None:
+            continue
+        elif isinstance(default, bool):
+            if not isinstance(v, bool):
+                raise ValueError(f"config key {key} must be true or false, got {v!r}")
+        elif isinstance(default, (int, float)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ValueError(f"config key {key} must be a finite number, got {v!r}")
+            if isinstance(default, int) and not float(v).is_integer():
+                raise ValueError(f"config key {key} must be a whole number, got {v!r}")
+        elif isinstance(default, (list, str)) and not isinstance(v, type(default)):
+            raise ValueError(f"config key {key} must be a {type(default).__name__}, got {v!r}")
+
+
 def resolve_path(p: str | Path) -> Path:
     """As given (relative to the working dir), else relative to the repository (configs/... work from anywhere)."""
     p = Path(p).expanduser()
@@ -151,6 +172,7 @@ def load_train_config(path: str | Path | None, overrides: list[str] = ()) -> dic
         if parts[-1] not in node:
             raise ValueError(f"override {item!r}: unknown config key {key!r}")
         node[parts[-1]] = _scalar(value)
+    _check_types(cfg, DEFAULTS)
     bad = set(cfg["freeze"]) - set(MODULES)
     if bad:
         raise ValueError(f"freeze: unknown modules {sorted(bad)}; choose from {', '.join(MODULES)}")

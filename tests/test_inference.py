@@ -106,7 +106,7 @@ def test_decode_attention_equals_sdpa():
 
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    from got.inference import decode_attention
+    from got.decode import decode_attention
 
     torch.manual_seed(0)
     module = SimpleNamespace(num_key_value_groups=2, is_causal=True, training=False)
@@ -129,12 +129,13 @@ def test_cpu_generation_paths_give_transformers_tokens(got, monkeypatch, batch):
     and in a left-padded batch, with the cache growing over several chunk boundaries, it gives the tokens of
     transformers' own SDPA + DynamicCache."""
     import got.inference as inf
+    from got.decode import ChunkedKVLayer
 
     assert got.model.decoder.config._attn_implementation == "got_decode"
     prompts = got.prepare(noise(256, 256, 21)) + got.prepare(noise(768, 256, 22), crop=True)
     prompts = prompts if batch == "left-padded pair" else prompts[:1]
     ids, mask, pixels = inf.left_padded(prompts, got.tokenizer.endoftext_id)
-    monkeypatch.setattr(inf.ChunkedKVLayer, "CHUNK", 8)  # the prompt fills 6-9 chunks, decoding crosses 3 more
+    monkeypatch.setattr(ChunkedKVLayer, "CHUNK", 8)  # the prompt fills 6-9 chunks, decoding crosses 3 more
     runs = {}
     for attn, cache in [("sdpa", None), ("got_decode", inf.ChunkedKVCache)]:
         got.model.decoder.set_attn_implementation(attn)
@@ -150,6 +151,8 @@ def test_cpu_generation_paths_give_transformers_tokens(got, monkeypatch, batch):
 def test_cpu_generation_paths_on_the_stage1_opt_decoder(tmp_path, monkeypatch):
     """A stage-1 checkpoint (OPT decoder) chats through the same CPU decode path, with SDPA + DynamicCache's text."""
     import got.inference as inf
+    from got.decode import ChunkedKVLayer
+    from transformers.cache_utils import DynamicCache
 
     torch.manual_seed(0)
     model = GOTModel(load_config("tiny_stage1"))
@@ -161,11 +164,11 @@ def test_cpu_generation_paths_on_the_stage1_opt_decoder(tmp_path, monkeypatch):
     opt = GOT.from_pretrained(tmp_path, dtype="float32", device="cpu")
     assert type(opt.model.decoder).__name__ == "OPTForCausalLM"
     assert opt.model.decoder.config._attn_implementation == "got_decode"
-    monkeypatch.setattr(inf.ChunkedKVLayer, "CHUNK", 8)
+    monkeypatch.setattr(ChunkedKVLayer, "CHUNK", 8)
     items = [noise(256, 256, 23), {"image": noise(768, 256, 24), "crop": True}]
     fast = opt.chat_batch(items, max_new_tokens=NEW)
     opt.model.decoder.set_attn_implementation("sdpa")
-    monkeypatch.setattr(inf, "ChunkedKVCache", inf.DynamicCache)
+    monkeypatch.setattr(inf, "ChunkedKVCache", DynamicCache)
     assert opt.chat_batch(items, max_new_tokens=NEW) == fast
 
 

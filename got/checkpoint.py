@@ -1,7 +1,7 @@
 """Checkpoints: our HF-style directory, import of the original GOT and transformers got_ocr2 layouts, export
 to got_ocr2, and `got convert`.
 
-Layouts (REFERENCE §1). Ours is simply `GOTModel.state_dict()`:
+Layouts (docs/got_facts.md §1). Ours is simply `GOTModel.state_dict()`:
     vision_tower.*  projector.*  decoder.model.*  decoder.lm_head.weight (omitted when tied)
 original GOT:       model.vision_tower_high.*  model.mm_projector_vary.*  model.*  lm_head.weight
 got_ocr2 current:   model.vision_tower.*  model.multi_modal_projector.{conv_upsampler1,conv_upsampler2,
@@ -234,7 +234,7 @@ def infer_vision_config(sd: dict[str, torch.Tensor]) -> VisionConfig:
 
 
 def _token_ids(img_pad: int) -> dict[str, int]:
-    """GOT's 217 specials keep their released order (REFERENCE §2): <|endoftext|> is 216 before <imgpad>."""
+    """GOT's 217 specials keep their released order (docs/got_facts.md §2): <|endoftext|> is 216 before <imgpad>."""
     endoftext = img_pad - 216
     return {"endoftext_id": endoftext, "im_start_id": endoftext + 1, "im_end_id": endoftext + 2,
             "img_start_id": img_pad - 2, "img_end_id": img_pad - 1, "img_pad_id": img_pad}

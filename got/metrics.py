@@ -1,6 +1,6 @@
 """OCR metrics as GOT / Fox report them, with the public script's faults fixed.
 
-Page metrics (REFERENCE §4): normalized edit distance = Levenshtein(pred, gt) / max(len); precision / recall / F1
+Page metrics (docs/got_facts.md §6): normalized edit distance = Levenshtein(pred, gt) / max(len); precision / recall / F1
 over token SETS (whitespace tokens, or jieba words when either side holds Chinese); sentence BLEU-4 and METEOR.
 The public GOT script calls `precision(reference, hypothesis)` with pred and gt swapped, so its precision and
 recall trade places; here precision = |pred ∩ gt| / |pred| and recall = |pred ∩ gt| / |gt|.

@@ -1,7 +1,7 @@
 """Images in, pixel tensors out: loading (files, bytes, numpy, PDF pages), guards, GOT's resize + CLIP
 normalisation, multi-crop tiling and multi-page stacking.
 
-What the released model expects (REFERENCE §2): every tile / page resized to S x S (1024 for the base
+What the released model expects (docs/got_facts.md §4): every tile / page resized to S x S (1024 for the base
 model) bicubic, aspect ratio NOT kept, /255, CLIP mean/std. Multi-crop is InternVL-style dynamic tiling
 (GOT's code: at most 6 tiles) with a whole-image thumbnail LAST; the grid choice is identical to
 transformers' `GotOcr2ImageProcessor`, which the tests check on a sweep of image sizes.

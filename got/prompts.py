@@ -2,7 +2,7 @@
 parsing and label masking. Training, inference and evaluation all build their token ids here, so the
 prompt a model was trained on and the prompt it is asked with can never drift apart.
 
-Released GOT ("mpt" style; REFERENCE §2), no newline after `<|im_end|>`:
+Released GOT ("mpt" style; docs/got_facts.md §3), no newline after `<|im_end|>`:
 
     <|im_start|>system\\n{SYSTEM}<|im_end|><|im_start|>user\\n<img>{<imgpad> x N}</img>\\n{QUERY}<|im_end|><|im_start|>assistant\\n
     {ANSWER}<|im_end|>

@@ -1,6 +1,6 @@
 """Scaling laws: fit E = a·X^(-b) and E = a·X^(-b) + c to several runs; `got scaling fit`.
 
-As in the OCR scaling-law study (REFERENCE §4), the laws are fitted on the smaller runs and checked on the largest
+As in the OCR scaling-law study (docs/got_facts.md §6), the laws are fitted on the smaller runs and checked on the largest
 one, held out: a law that only interpolates is no use for deciding what to train next. Fits are least squares in
 log space (every run counts the same whatever its error level); c is the irreducible error, kept in [0, min(E)).
 

@@ -18,6 +18,7 @@ from PIL import Image
 
 from data_engines import text as T
 from data_engines.base import Sample
+from data_engines.fine_grained import region_box
 from data_engines.fonts import font_path
 from data_engines.plain import Line, conversation, lines_text
 
@@ -242,25 +243,6 @@ class PdfEngine:
 
 
 def _crop(rng: random.Random, img: Image.Image, chosen: list[Line], lines: list[Line]) -> tuple[Image.Image, list[Line]]:
-    """Crop `chosen` with a margin that stops short of every other line's box."""
-    x0 = min(l.box[0] for l in chosen)
-    y0 = min(l.box[1] for l in chosen)
-    x1 = max(l.box[2] for l in chosen)
-    y1 = max(l.box[3] for l in chosen)
-    pad = rng.randint(3, 14)
-    left, top, right, bottom = max(0, x0 - pad), max(0, y0 - pad), min(img.width, x1 + pad), min(img.height, y1 + pad)
-    for other in lines:  # shrink the margin wherever a neighbour would peek in
-        if other in chosen:
-            continue
-        ox0, oy0, ox1, oy1 = other.box
-        if ox1 <= left or ox0 >= right or oy1 <= top or oy0 >= bottom:
-            continue
-        if ox1 <= x0:
-            left = max(left, ox1)
-        elif ox0 >= x1:
-            right = min(right, ox0)
-        elif oy0 + oy1 < y0 + y1:
-            top = max(top, min(oy1, y0))
-        else:
-            bottom = min(bottom, max(oy0, y1))
-    return img.crop((left, top, right, bottom)), chosen
+    """Crop `chosen` with a margin that stops short of every other line's box (fine_grained.region_box)."""
+    left, top, right, bottom = region_box(chosen, lines, img.size, margin=rng.randint(3, 14))
+    return img.crop((left, top, right + 1, bottom + 1)), chosen

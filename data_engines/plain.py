@@ -224,14 +224,19 @@ class PlainEngine:
 
     lang: "en" | "zh" | None (both, evenly); layout: "page" | "line" | "paragraph" | None (0.5/0.25/0.25), or
     "page_line" (a line of a page cut the way got.layout cuts pages for a text-line model; never drawn by None);
-    format_prob: share of pages / paragraphs whose target is markdown with the "OCR with format: " query.
+    format_prob: share of pages / paragraphs whose target is markdown with the "OCR with format: " query;
+    max_units: the longest line slice in words (characters for Chinese; default 12 / 24): short slices are the
+    easy start of a curriculum.
     """
     name = "plain"
 
-    def __init__(self, lang: str | None = None, layout: str | None = None, format_prob: float = 0.2):
+    def __init__(self, lang: str | None = None, layout: str | None = None, format_prob: float = 0.2,
+                 max_units: int | None = None):
         T.check_choice("plain", "lang", lang, T.LANGS)
         T.check_choice("plain", "layout", layout, LAYOUTS)
-        self.lang, self.layout, self.format_prob = lang, layout, format_prob
+        if max_units is not None and (isinstance(max_units, bool) or not isinstance(max_units, int) or max_units < 1):
+            raise ValueError(f"plain: max_units must be a whole number >= 1, got {max_units!r}")
+        self.lang, self.layout, self.format_prob, self.max_units = lang, layout, format_prob, max_units
 
     def render(self, rng: random.Random) -> Sample:
         from got.prompts import build_query
@@ -239,7 +244,8 @@ class PlainEngine:
         lang = self.lang or rng.choice(T.LANGS)
         layout = self.layout or rng.choices(LAYOUTS[:3], [0.5, 0.25, 0.25])[0]
         if layout in ("line", "page_line"):
-            img, text = (render_line if layout == "line" else render_page_line)(rng, lang)
+            img, text = render_line(rng, lang, max_units=self.max_units) if layout == "line" \
+                else render_page_line(rng, lang)
             return Sample([img], conversation(build_query("plain"), text), {"lang": lang, "layout": layout})
         markdown = rng.random() < self.format_prob
         if layout == "page":
@@ -261,12 +267,12 @@ def _slice_colors(rng: random.Random) -> tuple[tuple[int, int, int], tuple[int, 
     return (light, dark) if rng.random() < 0.1 else (dark, light)
 
 
-def render_line(rng: random.Random, lang: str, size: tuple[int, int] = (16, 48),
-                family: str | None = None) -> tuple[Image.Image, str]:
+def render_line(rng: random.Random, lang: str, size: tuple[int, int] = (16, 48), family: str | None = None,
+                max_units: int | None = None) -> tuple[Image.Image, str]:
     """One text line cropped with a small random margin (a PP-OCR recognition-style slice); `family` fixes the
     font (held-out evaluation sets use fonts no training mix draws)."""
     font = T.get_font(family or rng.choice(T.BODY_FAMILIES[lang]), rng.randint(*size))
-    text = T.snippet(rng, lang, 12 if lang == "en" else 24)
+    text = T.snippet(rng, lang, max_units or (12 if lang == "en" else 24))
     top, bot = T.ink_extent(font)
     pad_x, pad_y = rng.randint(2, font.size), rng.randint(2, max(3, font.size // 3))
     w = round(T.text_width(font, text)) + 2 * pad_x

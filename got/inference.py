@@ -48,6 +48,7 @@ from got.prompts import Query, build_query
 ImageLike = str | os.PathLike | Image.Image | np.ndarray | bytes
 IMAGE_SUFFIXES = {  # known image types; anything else PIL cannot open is 'unsupported'
     ".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".jfif"}
+LINE_TOKENS = 128  # a line crop's answer: 1024 px hold ~130 characters, ~40 BPE tokens; a runaway stops here
 CHAT_OPTIONS = ("mode", "box", "color", "crop", "max_tiles", "pages", "multi_page")  # the fields of a Query
 
 
@@ -283,6 +284,7 @@ class GOT:
         self.processor = self.inputs.image
         # A text-line preset (non-square input) reads pages through got.layout, line by line (docs/default_model.md)
         self.line_model = self.processor.line_hw is not None
+        self.line_batch = 32  # line crops generated together (a page's segments; short prompts, short answers)
         self.stop_ids = [tokenizer.im_end_id, tokenizer.endoftext_id]
         # Passed to transformers' generate(); single-image prompts add no_repeat_ngram_size (GOT's 20).
         self.generation: dict = {"do_sample": False, "num_beams": 1}
@@ -482,7 +484,7 @@ class GOT:
         answers: list[Answer | None] = [None] * len(prompts)
         for i, p in enumerate(prompts):
             if p.segments is not None:
-                answers[i] = self._read_lines(p, max_new_tokens, batch_size)
+                answers[i] = self._read_lines(p, max_new_tokens)
                 if on_batch:
                     on_batch([answers[i]])
         order = sorted((i for i, p in enumerate(prompts) if p.segments is None),
@@ -502,7 +504,7 @@ class GOT:
             start = stop
         return answers  # type: ignore[return-value]
 
-    def _read_lines(self, prompt: Prompt, max_new_tokens: int, batch_size: int) -> Answer:
+    def _read_lines(self, prompt: Prompt, max_new_tokens: int) -> Answer:
         """A line-route page: segments the CTC head sees no text in are dropped (specks, noise, pictures), the
         rest are read in batches and joined in reading order."""
         from got.layout import join_segments
@@ -510,7 +512,8 @@ class GOT:
         t0 = time.perf_counter()
         parts, texts = prompt.parts(), [""] * len(prompt.segments)
         keep = [i for i, ok in enumerate(self._has_text(prompt.pixel_values)) if ok]
-        answers = self.generate([parts[i] for i in keep], max_new_tokens, batch_size) if keep else []
+        max_new = min(max_new_tokens, LINE_TOKENS)
+        answers = self.generate([parts[i] for i in keep], max_new, self.line_batch) if keep else []
         for i, a in zip(keep, answers):
             texts[i] = a.text
         finish = next((a.finish for a in answers if a.finish != "stop"), "stop")
@@ -602,7 +605,7 @@ class GOT:
             worker.join()
 
     def generate_streaming(self, prompt: Prompt, on_text: Callable[[str], None], max_new_tokens: int = 4096,
-                           chunk: int = 8) -> Answer:
+                           chunk: int = 16) -> Answer:
         """One prompt's Answer, calling `on_text(piece)` as text arrives (in this thread); a line-route page
         calls it once per `chunk` segments read."""
         if prompt.segments is None:
@@ -615,7 +618,7 @@ class GOT:
         texts, answers, shown = [""] * len(parts), [], ""
         for start in range(0, len(keep), chunk):
             idx = keep[start:start + chunk]
-            answers += self.generate([parts[j] for j in idx], max_new_tokens, chunk)
+            answers += self.generate([parts[j] for j in idx], min(max_new_tokens, LINE_TOKENS), chunk)
             for j, a in zip(idx, answers[-len(idx):]):
                 texts[j] = a.text
             text = join_segments(prompt.segments, texts)

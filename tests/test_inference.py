@@ -172,19 +172,16 @@ def test_cpu_generation_paths_on_the_stage1_opt_decoder(tmp_path, monkeypatch):
     assert opt.chat_batch(items, max_new_tokens=NEW) == fast
 
 
-def test_stop_string_stripped_and_streaming_matches(got):
+def test_stop_string_stripped_and_streaming_matches(got, monkeypatch):
     tok = got.tokenizer
     hello = tok.encode_ordinary("  Hello wörld 中文\n")
     zh_bytes = [tok.enc.encode_single_token(bytes([b])) for b in "中".encode()]  # one char split over 3 tokens
     forced = hello + zh_bytes + tok.encode_ordinary(" \n") + [tok.im_end_id]
     img = noise(256, 256, 11)
-    got.generation["logits_processor"] = LogitsProcessorList([ForceTokens(forced)])
-    try:
-        [ans] = got.generate(got.prepare(img), max_new_tokens=40)
-        got.generation["logits_processor"] = LogitsProcessorList([ForceTokens(forced)])
-        pieces = list(got.chat(img, max_new_tokens=40, stream=True))
-    finally:
-        del got.generation["logits_processor"]
+    monkeypatch.setitem(got.generation, "logits_processor", LogitsProcessorList([ForceTokens(forced)]))
+    [ans] = got.generate(got.prepare(img), max_new_tokens=40)
+    monkeypatch.setitem(got.generation, "logits_processor", LogitsProcessorList([ForceTokens(forced)]))
+    pieces = list(got.chat(img, max_new_tokens=40, stream=True))
     assert ans.text == "Hello wörld 中文\n中"  # <|im_end|> gone, outer whitespace stripped like GOT
     assert ans.finish == "stop" and ans.tokens == len(forced) - 1
     assert "".join(pieces) == ans.text
@@ -194,11 +191,21 @@ def test_stop_string_stripped_and_streaming_matches(got):
     assert "".join(got.chat(img2, max_new_tokens=NEW, stream=True)) == got.chat(img2, max_new_tokens=NEW)
 
 
-def test_stream_consumer_can_stop_early(got):
+def test_stream_consumer_can_stop_early(got, monkeypatch):
+    class Steps(LogitsProcessor):  # counts generation steps
+        n = 0
+
+        def __call__(self, input_ids, scores):
+            Steps.n += 1
+            return scores
+
+    monkeypatch.setitem(got.generation, "logits_processor", LogitsProcessorList([Steps()]))
+    monkeypatch.setattr(got, "repetition_guard", None)  # random weights loop; only the consumer may stop this one
     stream = got.chat(noise(256, 256, 13), max_new_tokens=200, stream=True)
     first = next(stream)
     stream.close()  # worker thread is told to stop and joined; the model stays usable
-    assert first and isinstance(got.chat(noise(256, 256, 13), max_new_tokens=4), str)
+    assert first and 1 <= Steps.n <= 20, Steps.n  # stopped within a few steps of the consumer, not after 200
+    assert isinstance(got.chat(noise(256, 256, 13), max_new_tokens=4), str)
 
 
 def test_streamer_holds_back_whitespace():
@@ -229,15 +236,12 @@ def test_repetition_guard():
     assert guard.fired.tolist() == [True, False, True]
 
 
-def test_guard_ends_a_runaway_loop(got):
+def test_guard_ends_a_runaway_loop(got, monkeypatch):
     tok = got.tokenizer
-    got.generation["logits_processor"] = LogitsProcessorList([ForceTokens(tok.encode_ordinary(" la") * 200)])
-    got.repetition_guard = functools.partial(RepetitionGuard, window=32, ngram=4)
-    try:
-        [ans] = got.generate(got.prepare(noise(256, 256, 14)), max_new_tokens=100)
-    finally:
-        got.repetition_guard = RepetitionGuard
-        del got.generation["logits_processor"]
+    monkeypatch.setitem(got.generation, "logits_processor",
+                        LogitsProcessorList([ForceTokens(tok.encode_ordinary(" la") * 200)]))
+    monkeypatch.setattr(got, "repetition_guard", functools.partial(RepetitionGuard, window=32, ngram=4))
+    [ans] = got.generate(got.prepare(noise(256, 256, 14)), max_new_tokens=100)
     assert ans.finish == "repetition" and ans.tokens == 32 and ans.text == "la" + " la" * 31
 
 
@@ -337,7 +341,7 @@ def test_cli_batch_with_errors(model_dir, files, tmp_path, capsys):
     ok = [r for r in lines if "error" not in r]
     assert [(r["path"].rsplit("/", 1)[-1], r.get("page")) for r in ok] == \
         [("a.png", None), ("doc.pdf", 1), ("doc.pdf", 2), ("b.jpg", None)]
-    assert all(r["mode"] == "format" and r["tokens"] > 0 and r["seconds"] > 0 and r["text"] for r in ok)
+    assert all(r["mode"] == "format" and r["tokens"] > 0 and r["text"] for r in ok)
     errors = [line for line in err.splitlines() if line.startswith("got chat: error:")]
     assert len(errors) == 2 and "missing.png" in errors[0] and "locked.pdf: PDF is encrypted" in errors[1]
     assert "2 of 5 inputs failed" in err

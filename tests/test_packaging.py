@@ -26,7 +26,8 @@ def test_wheel_carries_configs_and_tokenizer(wheel):
     want = {f"got/configs/model/{p}.yaml" for p in ("base", "stage1", "tiny", "tiny_stage1")}
     want |= {"got/configs/stage1.yaml", "got/configs/stage2.yaml", "got/configs/stage3.yaml",
              "got/configs/finetune.yaml", "got/configs/deepspeed/zero2.json", "got/assets/got_bpe.tiktoken",
-             "stages/stage2_joint.py", "data_engines/plain.py"}
+             "stages/stage2_joint.py", "data_engines/plain.py", "got/assets/default/model.safetensors",
+             "got/assets/default/config.json", "got/configs/model/default.yaml"}
     assert want <= names, sorted(want - names)
 
 
@@ -43,4 +44,24 @@ def test_installed_wheel_finds_presets_outside_the_checkout(wheel, tmp_path):
     r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
                        env=dict(env, PYTHONPATH=str(site)))
     assert r.returncode == 0, r.stderr[-2000:]
-    assert r.stdout.split("\n")[0] == "['base', 'stage1', 'tiny', 'tiny_stage1'] 768 True 16601"
+    assert r.stdout.split("\n")[0] == "['base', 'default', 'default_stage1', 'stage1', 'tiny', 'tiny_stage1'] 768 True 16601"
+
+
+def test_default_model_reads_from_a_wheel_in_a_fresh_venv(wheel, tmp_path):
+    """`GOT.from_pretrained()` with no name loads the default model that ships inside the wheel, and reads."""
+    venv = tmp_path / "venv"
+    r = subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    py = venv / "bin" / "python"
+    r = subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", "--no-compile", str(wheel)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    code = ("import random, got; from got.inference import GOT; from got.metrics import cer; "
+            "from data_engines.plain import render_line; im, text = render_line(random.Random(12345), 'en'); "
+            "answer = GOT.from_pretrained().chat(im); print(got.__file__); print(cer(answer, text))")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    r = subprocess.run([str(py), "-c", code], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    where, error = r.stdout.splitlines()[:2]
+    assert where.startswith(str(venv)), where
+    assert float(error) <= 0.1

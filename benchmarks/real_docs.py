@@ -14,6 +14,7 @@ import argparse
 import gzip
 import json
 import re
+import unicodedata
 from pathlib import Path
 
 import pymupdf
@@ -34,8 +35,10 @@ def open_document(path: str) -> pymupdf.Document:
 
 
 def page_text(page: pymupdf.Page) -> str:
-    """The text layer in the PDF's own order, one line per text line, blank lines and trailing spaces dropped."""
-    lines = [re.sub(r"[ \t]+", " ", line).strip() for line in page.get_text("text").splitlines()]
+    """The text layer in the PDF's own order, one line per text line, blank lines and trailing spaces dropped;
+    NFKC, so typeset ligatures (U+FB01 'fi') count as the letters they are."""
+    text = unicodedata.normalize("NFKC", page.get_text("text"))
+    lines = [re.sub(r"[ \t]+", " ", line).strip() for line in text.splitlines()]
     return "\n".join(line for line in lines if line)
 
 

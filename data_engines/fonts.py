@@ -25,6 +25,12 @@ FONTS: dict[str, tuple[str, list[str]]] = {
     "nimbus-mono": ("fonts-urw-base35", ["opentype/urw-base35/NimbusMonoPS-Regular.otf"]),
     "nimbus-mono-bold": ("fonts-urw-base35", ["opentype/urw-base35/NimbusMonoPS-Bold.otf"]),
     "urw-gothic": ("fonts-urw-base35", ["opentype/urw-base35/URWGothic-Book.otf"]),
+    # Latin Modern (TeX's Computer Modern): what LaTeX and Texinfo manuals are set in.
+    "lm-roman": ("fonts-lmodern", ["texmf/fonts/opentype/public/lm/lmroman10-regular.otf"]),
+    "lm-roman-bold": ("fonts-lmodern", ["texmf/fonts/opentype/public/lm/lmroman10-bold.otf"]),
+    "lm-roman-italic": ("fonts-lmodern", ["texmf/fonts/opentype/public/lm/lmroman10-italic.otf"]),
+    "lm-sans": ("fonts-lmodern", ["texmf/fonts/opentype/public/lm/lmsans10-regular.otf"]),
+    "lm-mono": ("fonts-lmodern", ["texmf/fonts/opentype/public/lm/lmmono10-regular.otf"]),
     # Held out of every training mix: the unseen fonts of the held-out evaluation sets (docs/default_model.md).
     "c059": ("fonts-urw-base35", ["opentype/urw-base35/C059-Roman.otf"]),
     "p052": ("fonts-urw-base35", ["opentype/urw-base35/P052-Roman.otf"]),
@@ -33,10 +39,11 @@ FONTS: dict[str, tuple[str, list[str]]] = {
     "cjk-serif": ("fonts-noto-cjk", ["opentype/noto/NotoSerifCJK-Regular.ttc"]),
 }
 LATIN_FAMILIES = ["sans", "serif", "mono", "liberation-sans", "liberation-serif", "liberation-mono", "nimbus-roman",
-                  "nimbus-roman-italic", "nimbus-sans", "nimbus-mono", "urw-gothic"]
+                  "nimbus-roman-italic", "nimbus-sans", "nimbus-mono", "urw-gothic", "lm-roman", "lm-roman-italic",
+                  "lm-sans", "lm-mono"]
 HELD_OUT_FAMILIES = ["c059", "p052", "urw-bookman"]
 CJK_FAMILIES = ["cjk-sans", "cjk-serif"]
-FONT_ROOTS = [Path("/usr/share/fonts"), Path("/usr/local/share/fonts")]
+FONT_ROOTS = [Path("/usr/share/fonts"), Path("/usr/local/share/fonts"), Path("/usr/share")]
 
 
 @functools.lru_cache(maxsize=None)

@@ -23,7 +23,9 @@ BODY_FAMILIES = {"en": LATIN_FAMILIES, "zh": CJK_FAMILIES}
 BOLD_FAMILY = {"sans": "sans-bold", "serif": "serif-bold", "liberation-sans": "sans-bold",
                "liberation-serif": "serif-bold", "mono": "sans-bold", "liberation-mono": "nimbus-mono-bold",
                "nimbus-roman": "nimbus-roman-bold", "nimbus-roman-italic": "nimbus-roman-bold",
-               "nimbus-sans": "nimbus-sans-bold", "nimbus-mono": "nimbus-mono-bold", "urw-gothic": "nimbus-sans-bold"}
+               "nimbus-sans": "nimbus-sans-bold", "nimbus-mono": "nimbus-mono-bold", "urw-gothic": "nimbus-sans-bold",
+               "lm-roman": "lm-roman-bold", "lm-roman-italic": "lm-roman-bold", "lm-sans": "lm-roman-bold",
+               "lm-mono": "lm-roman-bold"}
 
 # Words a reader would not expect in a document; wordfreq's web-derived lists contain a few.
 _BLOCKED = frozenset("""fuck fucking fucked fucker shit shitty bitch bitches cunt dick dicks cock pussy twat slut

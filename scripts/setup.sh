@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEB_PKGS="tesseract-ocr tesseract-ocr-eng tesseract-ocr-chi-sim fonts-dejavu-core fonts-noto-cjk fonts-liberation fonts-urw-base35 libtasn1-doc glpk-doc gnuplot-doc chromium"
+DEB_PKGS="tesseract-ocr tesseract-ocr-eng tesseract-ocr-chi-sim fonts-dejavu-core fonts-noto-cjk fonts-liberation fonts-urw-base35 fonts-lmodern libtasn1-doc glpk-doc gnuplot-doc chromium"
 missing=""
 for p in $DEB_PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then

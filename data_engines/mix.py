@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import math
 import random
 from typing import Any
 
@@ -24,8 +25,8 @@ _PHI64 = 0x9E3779B97F4A7C15  # 2^64 / golden ratio
 def parse_engines(engines: str | list[str] | None, mix: str | dict[str, float] | None = None) -> dict[str, float]:
     """--engine / --mix -> {engine: weight} in ENGINES order, weights summing to 1.
 
-    engines: "plain,pdf" or "all" (equal weights); mix: "plain=0.5,formula=0.2" (relative weights). With both,
-    the mix must name exactly the engines given."""
+    engines: "plain,pdf" or "all" (equal weights); mix: "plain=0.5,formula=0.2" (relative weights: finite, > 0,
+    each engine once). With both, the mix must name exactly the engines given."""
     names: list[str] | None = None
     if engines:
         names = [e.strip() for e in (engines.split(",") if isinstance(engines, str) else engines) if e.strip()]
@@ -41,12 +42,15 @@ def parse_engines(engines: str | list[str] | None, mix: str | dict[str, float] |
             name = name.strip()
             if name not in ENGINES:
                 raise ValueError(f"--mix: unknown data engine {name!r}; choose from {', '.join(ENGINES)}")
+            if name in weights:
+                raise ValueError(f"--mix: {name} is given twice")
             try:
-                weights[name] = float(w)
+                weight = float(w.strip() if isinstance(w, str) else w)
             except (TypeError, ValueError):
                 raise ValueError(f"--mix: weight of {name} must be a number (NAME=WEIGHT,...), got {w!r}") from None
-            if not weights[name] >= 0:
-                raise ValueError(f"--mix: weight of {name} must be >= 0, got {w}")
+            if not (math.isfinite(weight) and weight > 0):  # inf would turn the others' shares into 0 and NaN
+                raise ValueError(f"--mix: weight of {name} must be a finite number > 0, got {w!r}")
+            weights[name] = weight
         if names is not None and set(names) != set(weights):
             raise ValueError(f"--mix names {', '.join(sorted(weights))} but --engine names {', '.join(sorted(names))}; "
                              "give one of them, or the same engines in both")
@@ -55,8 +59,8 @@ def parse_engines(engines: str | list[str] | None, mix: str | dict[str, float] |
     else:
         raise ValueError(f"name the engines: --engine NAME[,NAME...] or --mix NAME=W,...; engines: {', '.join(ENGINES)}")
     total = sum(weights.values())
-    if total <= 0:
-        raise ValueError("--mix: the weights sum to 0")
+    if not (math.isfinite(total) and total > 0):
+        raise ValueError(f"--mix: the weights must sum to a finite number > 0, got {total}")
     return {n: weights[n] / total for n in ENGINES if weights.get(n, 0) > 0}
 
 

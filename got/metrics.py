@@ -14,6 +14,19 @@ Also: CER / WER (edits / reference length, summed over a corpus), scene-text wor
 36-character normalization of the OCR scaling-law study, and a weighted average by sample count across data
 sets. For formatted output (`OCR with format:`), `split_format` cuts Mathpix-style markdown into math, tables and
 the remaining text so each part is scored on its own.
+
+Empty text. The GOT / Fox scripts divide by max(len) (edit distance) and by set sizes (F1), so they crash or
+return None on empty strings; here every metric is defined, per sample, as "nothing to read, nothing read is
+perfect; one side empty is all wrong" (tokens: whitespace-only text has none):
+
+    pred / truth        edit_distance  precision recall f1  bleu  meteor  cer / wer  word_acc
+    both empty          0              1         1      1   1     1       0          1
+    pred empty          1              0         0      0   0     0       1          0
+    truth empty         1              0         0      0   0     0       1 (capped) 0
+
+Corpus forms: edit distance, F1, precision, recall, BLEU, METEOR and word accuracy are means over samples (as
+GOT reports), so an empty sample counts with the values above; CER / WER are total edits / total reference
+length, where an empty truth's prediction counts as insertions (`corpus_error_rates`), never as perfect.
 """
 from __future__ import annotations
 
@@ -70,9 +83,10 @@ def normalized_edit_distance(pred: str, gt: str) -> float:
 
 
 def _error_rate(edits: int, ref_len: int, hyp_len: int) -> float:
+    """edits / ref_len; with nothing to read (ref_len 0) any output is all error, capped at 1, and none is 0."""
     if ref_len:
         return edits / ref_len
-    return 0.0 if hyp_len == 0 else 1.0  # nothing to read: any output is all error, capped at 1
+    return 0.0 if hyp_len == 0 else 1.0
 
 
 def cer(pred: str, gt: str) -> float:
@@ -87,7 +101,15 @@ def wer(pred: str, gt: str) -> float:
 
 
 def corpus_error_rates(preds: Sequence[str], gts: Sequence[str]) -> dict[str, float]:
-    """Corpus CER / WER: total edits / total reference length, so long pages weigh more (the usual definition)."""
+    """Corpus CER / WER: total edits / total reference length, so long pages weigh more (the usual definition).
+
+    Empty inputs follow the per-sample rule (`cer`, `wer`), so a one-sample corpus scores what its sample does:
+    - an empty truth adds 0 to the reference length, and its prediction's characters / words to the edits (all
+      insertions): it is never free. ["hello", "abc"] vs ["hello", ""] -> CER (0 + 3) / (5 + 0) = 0.6.
+    - an empty prediction against a non-empty truth adds the truth's length to both (all deletions).
+    - when the whole corpus has nothing to read (every truth empty), the rate is 1.0 if anything was predicted
+      (capped, as per sample) and 0.0 if nothing was; an empty corpus is 0.0.
+    """
     ce = cn = we = wn = 0
     for pred, gt in zip(preds, gts, strict=True):
         ce += Levenshtein.distance(pred, gt)
@@ -95,7 +117,8 @@ def corpus_error_rates(preds: Sequence[str], gts: Sequence[str]) -> dict[str, fl
         p, g = tokenize_pair(pred, gt)
         we += Levenshtein.distance(p, g)
         wn += len(g)
-    return {"cer": ce / cn if cn else 0.0, "wer": we / wn if wn else 0.0}
+    # with cn == 0 every edit is an insertion, so `ce` is also the predicted length
+    return {"cer": _error_rate(ce, cn, ce), "wer": _error_rate(we, wn, we)}
 
 
 # -------------------------------------------------------------------------------------------- token-set P/R/F1

@@ -29,6 +29,7 @@ import socket
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,8 @@ DEFAULTS: dict[str, Any] = {
         "eps": 1.0e-8,
         "grad_clip": 1.0,
         "ctc_weight": 1.0,           # the CTC term of a tower with a CTC head (vision.ctc_charset); 0 turns it off
+        "max_skip_ratio": 0.5,       # stop (non-zero exit) when more of the samples seen were skipped ...
+        "skip_check_steps": 20,      # ... from this step on (a shorter run: at its last step); all skipped: always
         "precision": "bf16",         # bf16 | fp16 | fp32
         "gradient_checkpointing": False,
         "deepspeed": "configs/deepspeed/zero2.json",
@@ -531,14 +534,49 @@ def _fingerprint(engine, model: torch.nn.Module) -> float:
         return float(sum(p.detach().double().sum() + p.detach().double().abs().sum() * 1e-3 for p in params))
 
 
-def train(cfg: dict[str, Any], stage: str, resume: str | None = None) -> Path:
-    """Run one training job; returns the final checkpoint directory."""
-    from got.data import Collator, MixedDataset, SampleEncoder, StepSampler, build_source
+@dataclass
+class Run:
+    """One training job as the loop sees it: config, model, engine, data and the counters a checkpoint keeps."""
+    cfg: dict[str, Any]
+    stage: str
+    out: Path
+    model: torch.nn.Module
+    tokenizer: Any
+    engine: Any
+    scheduler: Any
+    dataset: Any
+    rank: int
+    world: int
+    micro: int
+    accum: int
+    total: int
+    steps_per_epoch: int
+    warmup: int
+    n_params: int
+    n_train: int
+    step: int = 0
+    skipped_total: int = 0
+    samples_total: int = 0
+    tokens_total: int = 0
+    last_save: int = 0
+
+    @property
+    def ckpt_root(self) -> Path:
+        return self.out / "checkpoints"
+
+    def state(self, loss: float) -> dict[str, Any]:
+        return {"step": self.step, "total_steps": self.total, "epoch": (self.step - 1) // self.steps_per_epoch,
+                "skipped_total": self.skipped_total, "samples_total": self.samples_total,
+                "tokens_total": self.tokens_total, "world_size": self.world, "stage": self.stage, "loss": loss}
+
+
+def build(cfg: dict[str, Any], stage: str) -> Run:
+    """Data sources, the stage recipe's model, the DeepSpeed engine (optimizer, warmup + cosine schedule)."""
+    from got.data import MixedDataset, SampleEncoder, build_source
     from stages import get_recipe
 
-    t, d, o = cfg["train"], cfg["data"], cfg["output"]
-    out = Path(o["dir"])
-    ckpt_root = out / "checkpoints"
+    t, d = cfg["train"], cfg["data"]
+    out = Path(cfg["output"]["dir"])
     _cpu_accelerator()  # before anything imports deepspeed
     open_log(out, int(os.environ.get("RANK", 0)))
     seed = int(t["seed"])
@@ -553,9 +591,6 @@ def train(cfg: dict[str, Any], stage: str, resume: str | None = None) -> Path:
     if t["gradient_checkpointing"]:
         model.gradient_checkpointing_enable()
     mcfg = model.config
-    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    n_params = sum(p.numel() for p in model.parameters())
-
     # data: a deterministic function of (seed, step)
     encoder = SampleEncoder(tokenizer, mcfg.image_size, mcfg.image_token_len, int(d["max_length"]),
                             int(d["max_tiles"]))
@@ -563,11 +598,10 @@ def train(cfg: dict[str, Any], stage: str, resume: str | None = None) -> Path:
         raise ValueError("data.packing needs a decoder that separates packed samples by position_ids (qwen2)")
     dataset = MixedDataset(sources, [float(s.get("weight", 1.0)) for s in d["sources"]], encoder,
                            d["samples_per_epoch"], seed)
-    rank, world, local = init_distributed()
+    rank, world, _ = init_distributed()
     import deepspeed
 
     ds_cfg = deepspeed_config(cfg, world)
-    micro, accum = ds_cfg["train_micro_batch_size_per_gpu"], ds_cfg["gradient_accumulation_steps"]
     steps_per_epoch = len(dataset) // ds_cfg["train_batch_size"]
     if steps_per_epoch == 0:
         raise ValueError(f"an epoch of {len(dataset)} samples is smaller than one global batch "
@@ -575,7 +609,6 @@ def train(cfg: dict[str, Any], stage: str, resume: str | None = None) -> Path:
     total = int(t["max_steps"] or steps_per_epoch * int(t["epochs"]))
     warmup = int(t["warmup_steps"] if t["warmup_steps"] is not None else round(total * float(t["warmup_ratio"])))
 
-    # optimizer + schedule + engine
     offload = ds_cfg.get("zero_optimization", {}).get("offload_optimizer", {}).get("device", "none") != "none"
     opt_kw = dict(lr=float(t["lr"]), betas=tuple(t["betas"]), eps=float(t["eps"]))
     if offload:
@@ -587,139 +620,177 @@ def train(cfg: dict[str, Any], stage: str, resume: str | None = None) -> Path:
         def make_opt(groups):
             return torch.optim.AdamW(groups, **opt_kw)
     schedule = warmup_cosine(warmup, total, float(t["min_lr_ratio"]))
-    engine, optimizer, _, scheduler = deepspeed.initialize(
-        model=TokenLoss(model, tokenizer, float(t["ctc_weight"])), model_parameters=param_groups(model, float(t["weight_decay"])), optimizer=make_opt,
+    engine, _, _, scheduler = deepspeed.initialize(
+        model=TokenLoss(model, tokenizer, float(t["ctc_weight"])),
+        model_parameters=param_groups(model, float(t["weight_decay"])), optimizer=make_opt,
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule), config=ds_cfg)
-    device = engine.device
+    return Run(cfg, stage, out, model, tokenizer, engine, scheduler, dataset, rank, world,
+               ds_cfg["train_micro_batch_size_per_gpu"], ds_cfg["gradient_accumulation_steps"], total,
+               steps_per_epoch, warmup, sum(p.numel() for p in model.parameters()),
+               sum(p.numel() for p in model.parameters() if p.requires_grad))
 
-    # resume
-    step, skipped_total, samples_total, tokens_total = 0, 0, 0, 0
-    ckpt = None
+
+def restore(run: Run, resume: str | None) -> None:
+    """Weights, optimizer, schedule, counters and RNG from a checkpoint (`auto`: the newest complete one); then the
+    run dir's config.yaml and the start line of the log."""
+    cfg, t, rank = run.cfg, run.cfg["train"], run.rank
+    ckpt, state = None, {}
     if resume:
-        ckpt = latest_checkpoint(ckpt_root) if resume == "auto" else Path(resume)
+        ckpt = latest_checkpoint(run.ckpt_root) if resume == "auto" else Path(resume)
         if resume != "auto" and not (ckpt / "trainer_state.json").is_file():
             raise FileNotFoundError(f"{ckpt}: not a complete checkpoint (no trainer_state.json)")
     if ckpt is not None:
-        engine.load_checkpoint(str(ckpt), tag="deepspeed", load_optimizer_states=True, load_lr_scheduler_states=True)
+        run.engine.load_checkpoint(str(ckpt), tag="deepspeed", load_optimizer_states=True,
+                                   load_lr_scheduler_states=True)
         state = json.loads((ckpt / "trainer_state.json").read_text())
-        step, skipped_total = state["step"], state["skipped_total"]
-        samples_total, tokens_total = state["samples_total"], state["tokens_total"]
+        run.step, run.skipped_total = state["step"], state["skipped_total"]
+        run.samples_total, run.tokens_total = state["samples_total"], state["tokens_total"]
+        run.last_save = run.step
         rng = ckpt / "rng" / f"rank{rank}.pt"
         if rng.is_file():
             set_rng_state(torch.load(rng, weights_only=True))
         else:  # more ranks than the checkpoint had: a fresh, distinct stream (the warning below says so)
-            torch.manual_seed(seed + 1_000_003 * (rank + 1) + step)
-
-    runlog = RunLog(out, rank, total, step)
-    if ckpt is not None and rank == 0:
-        if state.get("world_size") != world:
+            torch.manual_seed(int(t["seed"]) + 1_000_003 * (rank + 1) + run.step)
+    if rank != 0:
+        return
+    if ckpt is not None:
+        if state.get("world_size") != run.world:
             log.warning("resuming a %d-rank checkpoint on %d ranks: the data order continues, the RNG streams differ",
-                        state.get("world_size"), world)
-        changed = _config_changes(out / "config.yaml", {"stage": stage, **cfg})
+                        state.get("world_size"), run.world)
+        changed = _config_changes(run.out / "config.yaml", {"stage": run.stage, **cfg})
         if changed:
             log.warning("config changed since the checkpoint (the run will not repeat the uninterrupted one): %s",
                         ", ".join(changed))
-    if rank == 0:
-        (out / "config.yaml").write_text(yaml.safe_dump({"stage": stage, **cfg}, sort_keys=False))
-        for stale in ckpt_root.glob(".tmp-step-*") if ckpt_root.is_dir() else []:
-            shutil.rmtree(stale, ignore_errors=True)  # half-written by a killed run: never used
-        log.info("%s stage %s: %s parameters trained (%s frozen), %d ranks x micro %d x accum %d = %d/step, "
-                 "%d steps (%d/epoch), warmup %d, lr %g, ds %s", "resumed" if ckpt else "start", stage,
-                 f"{n_train:,}", cfg["freeze"] or "nothing", world, micro, accum, ds_cfg["train_batch_size"],
-                 total, steps_per_epoch, warmup, t["lr"], t["deepspeed"])
-        if ckpt:
-            log.info("resumed from %s at step %d", ckpt, step)
+    (run.out / "config.yaml").write_text(yaml.safe_dump({"stage": run.stage, **cfg}, sort_keys=False))
+    for stale in run.ckpt_root.glob(".tmp-step-*") if run.ckpt_root.is_dir() else []:
+        shutil.rmtree(stale, ignore_errors=True)  # half-written by a killed run: never used
+    log.info("%s stage %s: %s parameters trained (%s frozen), %d ranks x micro %d x accum %d = %d/step, "
+             "%d steps (%d/epoch), warmup %d, lr %g, ds %s", "resumed" if ckpt else "start", run.stage,
+             f"{run.n_train:,}", cfg["freeze"] or "nothing", run.world, run.micro, run.accum,
+             run.micro * run.accum * run.world, run.total, run.steps_per_epoch, run.warmup, t["lr"], t["deepspeed"])
+    if ckpt:
+        log.info("resumed from %s at step %d", ckpt, run.step)
 
-    sampler = StepSampler(len(dataset), micro, accum, world, rank, seed, start_step=step, total_steps=total)
+
+def step(run: Run, micro_batches: list[dict[str, Any]], t_prev: float) -> dict[str, Any]:
+    """One optimizer step over the global batch; returns its metrics row (and counts it into the run). Its speed
+    is measured from `t_prev`, the end of the previous step (data loading included)."""
+    engine, dist, world = run.engine, _dist(), run.world
+    # global counts first: the loss is normalised by the supervised tokens of the WHOLE global batch
+    local = torch.tensor([sum(int((b["labels"][:, 1:] != -100).sum()) if b["num_samples"] else 0 for b in micro_batches),
+                          sum(b.get("num_tokens", 0) for b in micro_batches),
+                          sum(b["num_samples"] for b in micro_batches),
+                          sum(len(b["skipped"]) for b in micro_batches)], dtype=torch.float64)
+    dist.all_reduce(local)
+    n_sup, n_tok, n_samples, n_skip = (int(x) for x in local.tolist())
+    if n_skip:
+        gathered = [None] * world
+        dist.all_gather_object(gathered, [s for b in micro_batches for s in b["skipped"]])
+        if run.rank == 0:
+            for origin, reason in (s for g in gathered for s in g):
+                log.warning("skipped sample %s: %s", origin, reason)
+    norm = max(n_sup, 1) / (run.accum * world)  # DeepSpeed divides by accum and averages over ranks
+    lr = float(run.scheduler.get_last_lr()[0])
+    plain_grads = engine.zero_optimization_stage() == 0 and run.cfg["train"]["precision"] == "fp32"
+    loss_sum, ctc_sum, grad_norm = torch.zeros((), dtype=torch.float64), 0.0, None
+    for a, b in enumerate(micro_batches):
+        ce = engine(**_to(b if b["num_samples"] else _dummy_batch(run.model.config), engine.device))
+        ctc_sum += engine.module.last_ctc
+        engine.backward(ce / norm)
+        if a == run.accum - 1 and plain_grads:  # ZeRO-0 fp32 does not report the norm: measure it before the step
+            grad_norm = float(torch.nn.utils.get_total_norm([p.grad for p in run.model.parameters()
+                                                             if p.grad is not None]))
+        engine.step()
+        loss_sum += ce.detach().double().cpu()
+    dist.all_reduce(loss_sum)
+    run.step += 1
+    run.skipped_total += n_skip
+    run.samples_total += n_samples
+    run.tokens_total += n_tok
+    dt = max(1e-9, time.perf_counter() - t_prev)
+    if grad_norm is None:
+        grad_norm = engine.get_global_grad_norm()
+    row = {"step": run.step, "epoch": (run.step - 1) // run.steps_per_epoch, "loss": float(loss_sum) / max(n_sup, 1),
+           "lr": lr, "grad_norm": None if grad_norm is None else float(grad_norm),
+           "samples": n_samples, "samples_per_s": n_samples / dt, "tokens_per_s": n_tok / dt,
+           "skipped": n_skip, "skipped_total": run.skipped_total, "time": time.time()}
+    if engine.module.use_ctc:  # this rank's CTC term per sample (it is part of `loss` too)
+        row["ctc"] = ctc_sum / max(1, sum(b["num_samples"] for b in micro_batches))
+    return row
+
+
+def check_skips(run: Run) -> None:
+    """A run that trains on nothing must not report success: from step `train.skip_check_steps` on (and at the last
+    step of a shorter run), stop when every sample so far was skipped or more than `train.max_skip_ratio` were."""
+    t = run.cfg["train"]
+    seen = run.samples_total + run.skipped_total
+    if run.step < min(int(t["skip_check_steps"]), run.total):
+        return
+    if seen and (run.samples_total == 0 or run.skipped_total / seen > float(t["max_skip_ratio"])):
+        raise ValueError(f"{run.skipped_total} of {seen} samples skipped in {run.step} steps (unreadable images, "
+                         f"prompts over data.max_length, records without an answer; train.log names each): "
+                         f"stopped, nothing useful would be trained")
+
+
+def finish(run: Run, runlog: "RunLog") -> Path:
+    """Every rank must hold the same weights: say so in the log and in summary.json; the final checkpoint dir."""
+    dist = _dist()
+    prints = [None] * run.world
+    dist.all_gather_object(prints, _fingerprint(run.engine, run.model))
+    final = run.ckpt_root / f"step-{run.last_save:08d}"
+    runlog.close()
+    if run.rank == 0:
+        same = all(p == prints[0] for p in prints)
+        summary = {"stage": run.stage, "steps": run.step, "final_checkpoint": str(final), "model": str(final / "model"),
+                   "params": run.n_params, "params_trained": run.n_train, "skipped_total": run.skipped_total,
+                   "samples_total": run.samples_total, "tokens_total": run.tokens_total, "world_size": run.world,
+                   "rank_fingerprints": prints, "ranks_identical": same}
+        (run.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        log.info("done: %d steps, %d samples, %d bad samples skipped; weights identical on all %d ranks: %s; "
+                 "inference-ready model: %s", run.step, run.samples_total, run.skipped_total, run.world, same,
+                 final / "model")
+        print(f"[got train] done: {run.step} steps, {run.skipped_total} bad samples skipped (see "
+              f"{run.out / 'train.log'}); model: {final / 'model'}", file=sys.stderr)
+    dist.barrier()
+    return final
+
+
+def train(cfg: dict[str, Any], stage: str, resume: str | None = None) -> Path:
+    """Run one training job: build, restore, step until done (checkpointing), finish; the final checkpoint dir."""
+    from got.data import Collator, StepSampler
+
+    run = build(cfg, stage)
+    restore(run, resume)
+    d, o, seed = cfg["data"], cfg["output"], int(cfg["train"]["seed"])
+    sampler = StepSampler(len(run.dataset), run.micro, run.accum, run.world, run.rank, seed, start_step=run.step,
+                          total_steps=run.total)
     loader = torch.utils.data.DataLoader(
-        dataset, batch_sampler=sampler, collate_fn=Collator(tokenizer.endoftext_id, int(d["max_length"]),
-                                                            bool(d["packing"])),
+        run.dataset, batch_sampler=sampler,
+        collate_fn=Collator(run.tokenizer.endoftext_id, int(d["max_length"]), bool(d["packing"])),
         num_workers=int(d["num_workers"]), prefetch_factor=4 if d["num_workers"] else None,
         generator=torch.Generator().manual_seed(seed))  # its own generator: the global RNG stays the resumed one
     batches = iter(loader)
-    dist = _dist()
-    plain_grads = engine.zero_optimization_stage() == 0 and t["precision"] == "fp32"
-    engine.train()
-    last_save = step
+    runlog = RunLog(run.out, run.rank, run.total, run.step)
+    run.engine.train()
     t_prev = time.perf_counter()
-    while step < total:
-        micro_batches = [next(batches) for _ in range(accum)]
-        # global counts first: the loss is normalised by the supervised tokens of the WHOLE global batch
-        local = torch.tensor([sum(int((b["labels"][:, 1:] != -100).sum()) if b["num_samples"] else 0
-                                  for b in micro_batches),
-                              sum(b.get("num_tokens", 0) for b in micro_batches),
-                              sum(b["num_samples"] for b in micro_batches),
-                              sum(len(b["skipped"]) for b in micro_batches)], dtype=torch.float64)
-        dist.all_reduce(local)
-        n_sup, n_tok, n_samples, n_skip = (int(x) for x in local.tolist())
-        if n_skip:
-            skips = [s for b in micro_batches for s in b["skipped"]]
-            gathered = [None] * world
-            dist.all_gather_object(gathered, skips)
-            if rank == 0:
-                for origin, reason in (s for g in gathered for s in g):
-                    log.warning("skipped sample %s: %s", origin, reason)
-        norm = max(n_sup, 1) / (accum * world)  # DeepSpeed divides by accum and averages over ranks
-        lr = float(scheduler.get_last_lr()[0])
-        loss_sum = torch.zeros((), dtype=torch.float64)
-        ctc_sum = 0.0
-        grad_norm = None
-        for a, b in enumerate(micro_batches):
-            ce = engine(**_to(b if b["num_samples"] else _dummy_batch(mcfg), device))
-            ctc_sum += engine.module.last_ctc
-            engine.backward(ce / norm)
-            if a == accum - 1 and plain_grads:  # ZeRO-0 fp32 does not report the norm: measure it before the step
-                grad_norm = float(torch.nn.utils.get_total_norm([p.grad for p in model.parameters()
-                                                                 if p.grad is not None]))
-            engine.step()
-            loss_sum += ce.detach().double().cpu()
-        dist.all_reduce(loss_sum)
-        step += 1
-        skipped_total += n_skip
-        samples_total += n_samples
-        tokens_total += n_tok
-        now = time.perf_counter()
-        dt, t_prev = now - t_prev, now
-        if grad_norm is None:
-            grad_norm = engine.get_global_grad_norm()
-        row = {"step": step, "epoch": (step - 1) // steps_per_epoch, "loss": float(loss_sum) / max(n_sup, 1),
-               "lr": lr,
-               "grad_norm": None if grad_norm is None else float(grad_norm),
-               "samples": n_samples, "samples_per_s": n_samples / dt, "tokens_per_s": n_tok / dt,
-               "skipped": n_skip, "skipped_total": skipped_total, "time": time.time()}
-        if engine.module.use_ctc:  # this rank's CTC term per sample (it is part of `loss` too)
-            row["ctc"] = ctc_sum / max(1, sum(b["num_samples"] for b in micro_batches))
-        runlog.step(row, write=step % int(o["log_every"]) == 0 or step == total)
-        _fault("step", step)
-        if step % int(o["save_every"]) == 0 or step == total:
-            state = {"step": step, "total_steps": total, "epoch": (step - 1) // steps_per_epoch,
-                     "skipped_total": skipped_total, "samples_total": samples_total, "tokens_total": tokens_total,
-                     "world_size": world, "stage": stage, "loss": row["loss"]}
-            path = save_checkpoint(engine, model, tokenizer, ckpt_root, step, state, rank, int(o["keep_last"]))
-            last_save = step
-            if rank == 0:
-                log.info("step %d: loss %.4f, checkpoint %s (skipped so far: %d)", step, row["loss"], path,
-                         skipped_total)
-
-    # end: every rank must hold the same weights; say so in the log and in summary.json
-    prints = [None] * world
-    dist.all_gather_object(prints, _fingerprint(engine, model))
-    final = ckpt_root / f"step-{last_save:08d}"
-    runlog.close()
-    if rank == 0:
-        same = all(p == prints[0] for p in prints)
-        summary = {"stage": stage, "steps": step, "final_checkpoint": str(final), "model": str(final / "model"),
-                   "params": n_params,
-                   "params_trained": n_train,
-                   "skipped_total": skipped_total, "samples_total": samples_total, "tokens_total": tokens_total,
-                   "world_size": world, "rank_fingerprints": prints, "ranks_identical": same}
-        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        log.info("done: %d steps, %d samples, %d bad samples skipped; weights identical on all %d ranks: %s; "
-                 "inference-ready model: %s", step, samples_total, skipped_total, world, same, final / "model")
-        print(f"[got train] done: {step} steps, {skipped_total} bad samples skipped (see {out / 'train.log'}); "
-              f"model: {final / 'model'}", file=sys.stderr)
-    dist.barrier()
-    return final
+    try:
+        while run.step < run.total:
+            row = step(run, [next(batches) for _ in range(run.accum)], t_prev)
+            t_prev = time.perf_counter()
+            runlog.step(row, write=run.step % int(o["log_every"]) == 0 or run.step == run.total)
+            check_skips(run)
+            _fault("step", run.step)
+            if run.step % int(o["save_every"]) == 0 or run.step == run.total:
+                path = save_checkpoint(run.engine, run.model, run.tokenizer, run.ckpt_root, run.step,
+                                       run.state(row["loss"]), run.rank, int(o["keep_last"]))
+                run.last_save = run.step
+                if run.rank == 0:
+                    log.info("step %d: loss %.4f, checkpoint %s (skipped so far: %d)", run.step, row["loss"], path,
+                             run.skipped_total)
+    except ValueError:
+        runlog.close()  # the bar ends its line, so the error that follows stands on its own
+        raise
+    return finish(run, runlog)
 
 
 # ---- CLI -----------------------------------------------------------------------------------------------------------
@@ -749,13 +820,38 @@ def add_cli(p: argparse.ArgumentParser) -> None:
 def cli_main(args: argparse.Namespace) -> int:
     from stages import RECIPES
 
+    from got.checks import MAX_TILES, check_numbers, check_output
+
     config = args.config or RECIPES[args.stage][1]
     overrides = list(args.overrides)
     if args.init_from:
         overrides.append(f"model.init_from={json.dumps(args.init_from)}")
     if args.output:
         overrides.append(f"output.dir={json.dumps(args.output)}")
+    for path in args.data or []:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"--data {path}: {'is a folder, not a' if Path(path).is_dir() else 'no such'} "
+                                    "data file")
     cfg = load_train_config(config, overrides)
+    # every number in range and the output folder writable, before any model is built (not an hour later)
+    whole = {"integer": True}
+    check_numbers(cfg, {
+        "train.lr": {"above": 0}, "train.epochs": {**whole, "minimum": 1},
+        "train.max_steps": {**whole, "minimum": 1, "optional": True},
+        "train.global_batch_size": {**whole, "minimum": 1}, "train.micro_batch_size": {**whole, "minimum": 1},
+        "train.min_lr_ratio": {"minimum": 0, "maximum": 1}, "train.warmup_ratio": {"minimum": 0, "maximum": 1},
+        "train.warmup_steps": {**whole, "minimum": 0, "optional": True}, "train.weight_decay": {"minimum": 0},
+        "train.betas": {"minimum": 0, "maximum": 1, "each": True}, "train.eps": {"above": 0},
+        "train.grad_clip": {"minimum": 0}, "train.ctc_weight": {"minimum": 0},
+        "data.max_length": {**whole, "minimum": 1}, "data.max_tiles": {**whole, "minimum": 1, "maximum": MAX_TILES},
+        "data.num_workers": {**whole, "minimum": 0}, "data.samples_per_epoch": {**whole, "minimum": 1, "optional": True},
+        "output.save_every": {**whole, "minimum": 1}, "output.keep_last": {**whole, "minimum": 0},
+        "output.log_every": {**whole, "minimum": 1},
+        "model.lora.r": {**whole, "minimum": 0}, "model.lora.dropout": {"minimum": 0, "maximum": 1},
+    })
+    if len(cfg["train"]["betas"]) != 2:
+        raise ValueError(f"config key train.betas must be two numbers [beta1, beta2], got {cfg['train']['betas']!r}")
+    check_output("--output" if args.output else "output.dir", cfg["output"]["dir"], "dir")
     if args.data:
         cfg["data"]["sources"] = [{"json": p, **({"image_root": args.image_root} if args.image_root else {})}
                                   for p in args.data]

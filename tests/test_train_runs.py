@@ -107,3 +107,16 @@ def test_stage_chain_and_two_rank_zero2(data, tmp_path):
     assert _changed(w2, w3, "decoder.") and _changed(w2, w3, "projector.")
     start = next(line for line in (s3 / "train.log").read_text().splitlines() if "start stage 3" in line)
     assert "vision_tower" in start                                                   # the log says what was frozen
+
+
+def test_a_run_that_only_skips_fails(tmp_path):
+    """Every sample unusable (missing images, no answer): no "trained" model, a non-zero exit and one line why."""
+    ok = {"from": "human", "value": "<image>\nOCR: "}
+    records = [{"image": f"missing{i}.png", "conversations": [ok, {"from": "gpt", "value": "x"}]} for i in range(6)]
+    data = write_json(tmp_path / "bad.json", records)
+    p = got_train(["--stage", "1", "--config", "configs/tiny_stage1.yaml", "--data", str(data), *TINY,
+                   "train.max_steps=3", f"output.dir={tmp_path / 'run'}"], check=False)
+    err = [line for line in p.stderr.splitlines() if line.startswith("got train:")]
+    assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr[-2000:]
+    assert len(err) == 1 and "12 of 12 samples skipped in 3 steps" in err[0], err
+    assert not (tmp_path / "run" / "summary.json").exists()

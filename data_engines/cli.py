@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import decimal
 import io
 import json
 import math
@@ -42,6 +41,7 @@ from typing import Any, Iterable, Iterator
 from data_engines.augment import parse_augment
 from data_engines.base import ENGINES
 from data_engines.mix import Mixture, parse_engines
+from got.checks import check_output, parse_int  # noqa: F401  (parse_int: also this module's public name)
 
 DESCRIPTIONS = {
     "plain": "plain-text pages (1-3 columns, headings), line and paragraph slices; en / zh",
@@ -119,24 +119,7 @@ def cli_main(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------ argument checks
 
-def parse_int(option: str, value: Any, minimum: int = -(2**63), maximum: int = 2**63 - 1) -> int:
-    """The one integer check of `got data render`: "1000", "1e6", "1_000" -> int, exactly (no float rounding);
-    anything else (not a number, not finite, not whole, out of [minimum, maximum]) -> ValueError naming the option."""
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise ValueError(f"{option} must be an integer, got {value!r}")
-    try:
-        d = decimal.Decimal(value if isinstance(value, int) else value.strip())
-    except decimal.InvalidOperation:
-        raise ValueError(f"{option} must be an integer, got {value!r}") from None
-    if not d.is_finite():
-        raise ValueError(f"{option} must be a finite integer, got {value!r}")
-    if d < minimum:  # compared as decimals first: int("1e999999999") alone would take minutes
-        raise ValueError(f"{option} must be >= {minimum}, got {value!r}")
-    if d > maximum:
-        raise ValueError(f"{option} must be <= {maximum}, got {value!r}")
-    if d != d.to_integral_value():
-        raise ValueError(f"{option} must be a whole number, got {value!r}")
-    return int(d)
+# parse_int (the integer check) and check_output (the output-folder check) are got.checks', shared by every command
 
 
 def check_finite(option: str, value: Any) -> None:
@@ -168,18 +151,6 @@ def parse_options(pairs: list[str]) -> dict[str, dict[str, Any]]:
         check_finite(f"--opt {engine.strip()}.{name.strip()}", parsed)
         out.setdefault(engine.strip(), {})[name.strip()] = parsed
     return out
-
-
-def _check_out(out: Path) -> None:
-    """--out must be (or become) a writable folder: say so in one line before any work."""
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out}: is a file, not a folder")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ValueError(f"--out {out}: cannot create the folder ({e.strerror or e})") from None
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise ValueError(f"--out {out}: the folder is not writable")
 
 
 # ---------------------------------------------------------------------------------------------- workers
@@ -409,7 +380,7 @@ def render(engines: str | list[str] | None = None, mix: str | dict | None = None
         except ImportError as e:
             raise ValueError(f"engine {name}: {e}") from None
     out = Path(out)
-    _check_out(out)
+    check_output("--out", out, "dir", create=True)  # a writable folder, made now: one line before any work
     config = {"n": n, "seed": seed, "weights": weights, "augment": mixture.augment or None, "options": options or {},
               "format": "shards" if shards else "images", **({"shard_size": shard_size} if shards else {}),
               "versions": _versions(weights, mixture.augment)}

@@ -595,12 +595,19 @@ def add_cli(p: argparse.ArgumentParser) -> None:
                    help="got: this project's layout; hf: transformers got_ocr2 (GotOcr2ForConditionalGeneration)")
     p.add_argument("--config", default=None, help="preset name or config file when the source has no usable config.json")
     p.add_argument("--dtype", choices=("keep", "float32", "bfloat16", "float16"), default="keep")
-    p.add_argument("--max-shard-gb", type=float, default=DEFAULT_SHARD_BYTES / 1e9)
+    p.add_argument("--max-shard-gb", default=str(DEFAULT_SHARD_BYTES / 1e9),
+                   help="largest weights file in GB (> 0; a larger model is split into shards; default %(default)s)")
 
 
 def cli_main(args: argparse.Namespace) -> int:
+    from got.checks import check_output, parse_float
     from got.tokenizer import GOTTokenizer
 
+    # options first, before the (possibly large) source is read: one line naming the option
+    shard = int(parse_float("--max-shard-gb", args.max_shard_gb, above=0, maximum=1e9) * 1e9)
+    if shard < 1:
+        raise ValueError(f"--max-shard-gb must be at least 1e-09 (one byte), got {args.max_shard_gb!r}")
+    check_output("--to", args.dst, "dir")
     src = Path(args.src)
     model = load_model(src, config=args.config)
     if not src.is_file() and not (args.config and src.is_dir()):
@@ -611,7 +618,6 @@ def cli_main(args: argparse.Namespace) -> int:
         tokenizer = GOTTokenizer.from_dir(src if src.is_dir() else src.parent)
     except FileNotFoundError:
         tokenizer = None
-    shard = int(args.max_shard_gb * 1e9)
     out = (export_hf if args.format == "hf" else save_pretrained)(model, args.dst, tokenizer=tokenizer, max_shard_bytes=shard)
     n = model.num_parameters()
     print(f"wrote {out} ({args.format} layout, {n:,} parameters, {next(model.parameters()).dtype}"

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
+
+from got.checks import one_line, printable
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("got.demo", "build a preset, run one forward pass and print what happened"),
@@ -21,8 +24,44 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+NEGATIVE_VALUE = re.compile(r"-(\d|\.\d|inf\b|nan\b)", re.IGNORECASE)  # -10,-10,50,50  -1e9  -.5  -3 (pages)
+
+
+def _value_options(parser: argparse.ArgumentParser) -> set[str]:
+    """The --long options that take a value, in `parser` and the subcommand parsers it holds."""
+    out: set[str] = set()
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                out |= _value_options(sub)
+        elif action.nargs != 0:
+            out.update(s for s in action.option_strings if s.startswith("--"))
+    return out
+
+
+def _join_negative_values(argv: list[str], parser: argparse.ArgumentParser) -> list[str]:
+    """`--box -10,-10,50,50` -> `--box=-10,-10,50,50`: argparse reads a value starting with '-' (other than a plain
+    negative number) as the next option and fails with "expected one argument"; joined, it is the option's value,
+    which the command then checks like any other (and names the real problem: a box outside the image)."""
+    takes_value = _value_options(parser)
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            out += argv[i:]
+            break
+        if arg in takes_value and i + 1 < len(argv) and NEGATIVE_VALUE.match(argv[i + 1]):
+            out.append(f"{arg}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(arg)
+        i += 1
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = argparse.ArgumentParser(prog="got", description="GOT-OCR2.0-style OCR: train, render data, chat, evaluate.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__import__('got').__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -33,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             mod = importlib.import_module(module)
             mod.add_cli(p)
             p.set_defaults(_run=mod.cli_main)
-    args, extra = parser.parse_known_args(argv)
+    args, extra = parser.parse_known_args(_join_negative_values(argv, parser))
     if extra and isinstance(getattr(args, "overrides", None), list) \
             and all("=" in e and not e.startswith("-") for e in extra):
         args.overrides += extra  # KEY=VALUE after an option (`got train ... --resume auto b=2`); argparse stops at it
@@ -45,7 +84,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args._run(args) or 0)
     except (FileNotFoundError, ValueError, ImportError) as e:  # user errors: one clear line, no traceback
-        print(f"got {args.command}: error: {e}", file=sys.stderr)
+        print(f"got {args.command}: error: {one_line(str(e))}", file=sys.stderr)
+        return 1
+    except (PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError) as e:
+        # an output the up-front checks (got.checks.check_output) could not foresee: still one line
+        where = printable(str(e.filename)) + ": " if e.filename else ""
+        print(f"got {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
         return 1
 
 

@@ -467,18 +467,26 @@ def add_cli(p: argparse.ArgumentParser) -> None:
     p.add_argument("--peer", action="append", choices=PEERS, default=[],
                    help="also run an OCR-1.0 peer on the same records (repeatable)")
     p.add_argument("--tesseract-lang", default="eng+chi_sim", help="Tesseract languages (default eng+chi_sim)")
-    p.add_argument("--batch-size", type=int, default=8, help="prompts the model generates together (default 8)")
-    p.add_argument("--limit", type=int, help="only the first N records of each data file")
-    p.add_argument("--max-new-tokens", type=int, default=4096)
-    p.add_argument("--max-tiles", type=int, default=6, help="tile limit for multi-crop queries (default 6)")
+    # numbers are read as text and checked in cli_main (got.checks.parse_int), so a bad one is one line naming it
+    p.add_argument("--batch-size", default="8", help="prompts the model generates together (default 8)")
+    p.add_argument("--limit", help="only the first N records of each data file")
+    p.add_argument("--max-new-tokens", default="4096", help="answer length limit in tokens (default 4096)")
+    p.add_argument("--max-tiles", default="6", help="tile limit for multi-crop queries (default 6)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--out", default="eval", help="output folder (default ./eval)")
 
 
 def cli_main(args: argparse.Namespace) -> int:
-    if args.batch_size < 1 or args.max_new_tokens < 1 or args.max_tiles < 1 or (args.limit is not None and args.limit < 1):
-        raise ValueError("--batch-size, --max-new-tokens, --max-tiles and --limit must be >= 1")
+    from got.checks import MAX_BATCH_SIZE, MAX_NEW_TOKENS, MAX_TILES, check_device, check_output, parse_int
+
+    # every option checked before any data is read or model loaded: one line naming the option
+    args.batch_size = parse_int("--batch-size", args.batch_size, minimum=1, maximum=MAX_BATCH_SIZE)
+    args.max_new_tokens = parse_int("--max-new-tokens", args.max_new_tokens, minimum=1, maximum=MAX_NEW_TOKENS)
+    args.max_tiles = parse_int("--max-tiles", args.max_tiles, minimum=1, maximum=MAX_TILES)
+    args.limit = None if args.limit is None else parse_int("--limit", args.limit, minimum=1)
+    args.device = check_device("--device", args.device)
+    check_output("--out", args.out, "dir")
     if not args.model and not args.peer:
         raise ValueError("nothing to evaluate: give --model and/or --peer")
     names = [Path(d).stem for d in args.data]

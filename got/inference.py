@@ -25,7 +25,6 @@ import functools
 import json
 import os
 import queue
-import re
 import sys
 import threading
 import time
@@ -41,8 +40,9 @@ from PIL import Image
 from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
+from got.checks import MAX_BATCH_SIZE, MAX_NEW_TOKENS, MAX_TILES
 from got.decode import ChunkedKVCache, use_decode_attention
-from got.processor import is_pdf, open_pdf
+from got.processor import Pages, image_pages, is_pdf, open_pdf, parse_pages  # noqa: F401  (parse_pages: public here)
 from got.prompts import Query, build_query
 
 ImageLike = str | os.PathLike | Image.Image | np.ndarray | bytes
@@ -231,36 +231,14 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
         raise ValueError(f"unknown dtype {dtype!r}; choose auto, float32, bfloat16 or float16") from None
 
 
-def parse_pages(pages: str | int | Iterable[int] | None, n_pages: int, source: str) -> list[int]:
-    """'1-3,5,8-' / 2 / [1, 2] / None (all) -> sorted 1-based page numbers, checked against the document."""
-    if n_pages == 0:
-        raise ValueError(f"{source}: the document has no pages")
-    if pages is None:
-        return list(range(1, n_pages + 1))
-    if isinstance(pages, int):
-        wanted = [pages]
-    elif isinstance(pages, str):
-        wanted = []
-        for part in pages.replace(" ", "").split(","):
-            m = re.fullmatch(r"(\d*)-(\d*)|(\d+)", part)
-            if not m or part == "-":
-                raise ValueError(f"{source}: bad page range {pages!r}; use e.g. 1-3,5 or 4- (pages count from 1)")
-            if m.group(3):
-                wanted.append(int(m.group(3)))
-            else:
-                wanted.extend(range(int(m.group(1) or 1), int(m.group(2) or n_pages) + 1))
-    else:
-        wanted = [int(p) for p in pages]
-    bad = [p for p in wanted if not 1 <= p <= n_pages]
-    if bad or not wanted:
-        raise ValueError(f"{source}: page {bad[0] if bad else pages} requested but the document has {n_pages} "
-                         f"page{'s' if n_pages != 1 else ''} (pages count from 1)")
-    return sorted(set(wanted))
+# parse_pages: THE page-range parser is got.processor.parse_pages (imported above; this module's name for it stays)
 
 
 def _source_name(item, index: int) -> str:
     if isinstance(item, (str, os.PathLike)):
         return str(item)
+    if isinstance(item, Pages):  # the pages of a multi-page TIFF: named after the file
+        return item.name
     return f"<{type(item).__name__} #{index}>"
 
 
@@ -697,24 +675,28 @@ def _parse_box(text: str | None) -> list[float] | None:
         raise ValueError(f"--box {text!r}: give pixel coordinates x1,y1,x2,y2 (or a point x,y)") from None
     if len(values) not in (2, 4):
         raise ValueError(f"--box {text!r}: give 4 numbers x1,y1,x2,y2 (or 2 for a point)")
+    if not np.isfinite(values).all():  # NaN or infinity
+        raise ValueError(f"--box {text!r}: coordinates must be finite numbers")
     return values
 
 
 def add_cli(p: argparse.ArgumentParser) -> None:
-    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_PDF", help="image files and/or PDFs")
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_PDF",
+                   help="image files and/or PDFs (a multi-page TIFF is answered page by page, like a PDF)")
     p.add_argument("--model", help="model directory, training run, or cached hub id (default: the shipped default model)")
     p.add_argument("--format", action="store_true", help="formatted output (markdown / LaTeX / kern / SMILES)")
     p.add_argument("--box", help="fine-grained OCR of a region: x1,y1,x2,y2 in pixels")
     p.add_argument("--color", choices=["red", "green", "blue"], help="fine-grained OCR inside a coloured frame")
     p.add_argument("--crop", action="store_true", help="multi-crop: cut large images into tiles + a thumbnail")
-    p.add_argument("--max-tiles", type=int, default=6, help="tile limit for --crop (default 6, as GOT)")
+    # numbers are read as text and checked in cli_main (got.checks.parse_int), so a bad one is one line naming it
+    p.add_argument("--max-tiles", default="6", help=f"tile limit for --crop, 1-{MAX_TILES} (default 6, as GOT)")
     p.add_argument("--multi-page", action="store_true", help="all pages of a PDF in ONE prompt (default: per page)")
-    p.add_argument("--pages", help="PDF pages, e.g. 1-3,5 or 4- (default: all)")
+    p.add_argument("--pages", help="pages of a PDF or multi-page TIFF, e.g. 1-3,5 or 4- (default: all)")
     p.add_argument("--stream", action="store_true", help="print text as it is generated (batch size 1)")
     p.add_argument("--render", metavar="HTML", help="also write all answers as one standalone HTML page")
     p.add_argument("--out", metavar="JSONL", help="write one JSON line per answer here (default: stdout)")
-    p.add_argument("--batch-size", type=int, default=8, help="prompts generated together (default 8)")
-    p.add_argument("--max-new-tokens", type=int, default=4096)
+    p.add_argument("--batch-size", default="8", help="prompts generated together (default 8)")
+    p.add_argument("--max-new-tokens", default="4096", help="answer length limit in tokens (default 4096)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="auto: bf16 on CUDA and CPUs with native bf16, else fp32")
     p.add_argument("--int8", action="store_true", help="CPU: int8 dynamic quantisation of the decoder's Linear layers")
@@ -724,16 +706,28 @@ def add_cli(p: argparse.ArgumentParser) -> None:
 def cli_main(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    if args.batch_size < 1 or args.max_tiles < 1 or args.max_new_tokens < 1:
-        raise ValueError("--batch-size, --max-tiles and --max-new-tokens must be >= 1")
+    from got.checks import check_device, check_output, one_line, parse_int, printable
+
+    # every option checked before the model loads or any input is read: one line naming the option
+    batch_size = parse_int("--batch-size", args.batch_size, minimum=1, maximum=MAX_BATCH_SIZE)
+    max_tiles = parse_int("--max-tiles", args.max_tiles, minimum=1, maximum=MAX_TILES)
+    max_new_tokens = parse_int("--max-new-tokens", args.max_new_tokens, minimum=1, maximum=MAX_NEW_TOKENS)
+    device = check_device("--device", args.device)
+    for option, path in (("--out", args.out), ("--render", args.render)):
+        if path:
+            check_output(option, path, "file")
     query = Query(mode="format" if args.format else "plain", box=_parse_box(args.box), color=args.color,
-                  crop=args.crop, max_tiles=args.max_tiles, pages=args.pages, multi_page=args.multi_page)
-    model = GOT.from_pretrained(args.model, dtype=args.dtype, device=args.device, int8=args.int8)
+                  crop=args.crop, max_tiles=max_tiles, pages=args.pages, multi_page=args.multi_page)
+    model = GOT.from_pretrained(args.model, dtype=args.dtype, device=device, int8=args.int8)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     out = open(args.out, "w", encoding="utf-8") if args.out else None
     records_to_stdout = out is None and not args.stream
     bar = tqdm(total=len(args.inputs), unit="file", desc="got chat", disable=args.stream, file=sys.stderr)
-    failures, rendered = 0, []
+    failed: set[int] = set()  # inputs with an error (one bad input never costs the others their answers)
+    rendered: list[tuple[str, str]] = []
     remaining = [0] * len(args.inputs)  # prompts of each input not answered yet
+    answered: set[tuple[int, int | None]] = set()  # (input, page) of the prompts answered
     counted: set[int] = set()
 
     def tick(i: int) -> None:
@@ -742,6 +736,9 @@ def cli_main(args: argparse.Namespace) -> int:
             bar.update(1)
 
     def write(record: dict) -> None:
+        # a file name that is not UTF-8 (Python keeps its bytes as lone surrogates) is written with backslash
+        # escapes, so every line is valid UTF-8 JSON and no name can cost an answer
+        record = {**record, "path": printable(record["path"])}
         line = json.dumps(record, ensure_ascii=False)
         if out is not None:
             out.write(line + "\n")
@@ -749,43 +746,65 @@ def cli_main(args: argparse.Namespace) -> int:
         elif records_to_stdout:
             tqdm.write(line, file=sys.stdout)
 
-    def report_error(source: str, e: Exception) -> None:
-        nonlocal failures
-        failures += 1
-        msg = str(e) if str(e).startswith(source) else f"{source}: {e}"
+    def report_error(i: int, source: str, e: Exception, page: int | None = None) -> None:
+        failed.add(i)
+        where = source if page is None else f"{source} page {page}"
+        msg = one_line(str(e) if str(e).startswith(source) else f"{where}: {e}")
         tqdm.write(f"got chat: error: {msg}", file=sys.stderr)
-        write({"path": source, "mode": query.mode, "error": msg})
+        write({"path": source, "mode": query.mode, **({} if page is None else {"page": page}), "error": msg})
+
+    def done(i: int, page: int | None) -> None:
+        answered.add((i, page))
+        remaining[i] -= 1
+        if remaining[i] == 0:
+            tick(i)
 
     def finish(answers: list[Answer]) -> None:
         for a in answers:
             write(a.record())
-            rendered.append((a.source + ("" if a.page is None else f" (page {a.page})"), a.text))
-            remaining[a.index] -= 1
-            if remaining[a.index] == 0:
-                tick(a.index)
+            rendered.append((printable(a.source) + ("" if a.page is None else f" (page {a.page})"), a.text))
+            done(a.index, a.page)
 
-    def run(batch: list[Prompt]) -> None:
+    def generate(batch: list[Prompt]) -> None:
         if not args.stream:
-            model.generate(batch, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, on_batch=finish)
+            model.generate(batch, max_new_tokens=max_new_tokens, batch_size=batch_size, on_batch=finish)
             return
         for p in batch:
             if len(args.inputs) > 1 or p.page is not None:
-                print(f"==> {p.source}{'' if p.page is None else f' (page {p.page})'} <==", flush=True)
-            finish([model.generate_streaming(p, lambda s: print(s, end="", flush=True), args.max_new_tokens)])
+                print(f"==> {printable(p.source)}{'' if p.page is None else f' (page {p.page})'} <==", flush=True)
+            finish([model.generate_streaming(p, lambda s: print(s, end="", flush=True), max_new_tokens)])
             print(flush=True)
+
+    def run(batch: list[Prompt]) -> None:
+        """Generate a batch; should it fail, its unanswered prompts again one by one, so only a prompt that fails
+        alone is lost (reported as an error line), never its batch mates."""
+        try:
+            generate(batch)
+        except (RuntimeError, ValueError) as e:
+            left = [p for p in batch if (p.index, p.page) not in answered]
+            if len(batch) > 1:
+                for p in left:
+                    run([p])
+                return
+            for p in left:
+                report_error(p.index, p.source, e, p.page)
+                done(p.index, p.page)
 
     pending: list[Prompt] = []
     for i, path in enumerate(args.inputs):
         try:
-            q = query if is_pdf(path) else replace(query, pages=None)  # --pages: PDFs only
-            for prompt in model.iter_prompts(path, q, index=i):
+            pdf = is_pdf(path)
+            pages = None if pdf else image_pages(path)  # a multi-page TIFF is a document, like a PDF
+            item = pages if pages is not None and len(pages) > 1 else path
+            q = query if pdf or item is pages else replace(query, pages=None)  # --pages: documents only
+            for prompt in model.iter_prompts(item, q, index=i):
                 remaining[i] += 1
                 pending.append(prompt)
-                if len(pending) >= args.batch_size:
+                if len(pending) >= batch_size:
                     run(pending)
                     pending = []
         except (ValueError, FileNotFoundError, OSError) as e:
-            report_error(path, e)
+            report_error(i, path, e)
             tick(i)
     if pending:
         run(pending)
@@ -795,8 +814,9 @@ def cli_main(args: argparse.Namespace) -> int:
     if args.render:
         from got.render import render_html
 
+        Path(args.render).parent.mkdir(parents=True, exist_ok=True)
         Path(args.render).write_text(render_html(rendered, title=f"got chat: {len(rendered)} answers"), encoding="utf-8")
-        print(f"got chat: wrote {args.render} ({len(rendered)} answers)", file=sys.stderr)
-    if failures:
-        print(f"got chat: {failures} of {len(args.inputs)} inputs failed", file=sys.stderr)
-    return 1 if failures else 0
+        print(f"got chat: wrote {printable(args.render)} ({len(rendered)} answers)", file=sys.stderr)
+    if failed and len(args.inputs) > 1:  # with one input, its error line says it all
+        print(f"got chat: {len(failed)} of {len(args.inputs)} inputs failed", file=sys.stderr)
+    return 1 if failed else 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import struct
 import warnings
 from functools import lru_cache
@@ -51,6 +52,52 @@ def is_pdf(src: Any) -> bool:
         except OSError:
             return False
     return isinstance(src, (bytes, bytearray)) and bytes(src[:5]) == b"%PDF-"
+
+
+class Frame(os.PathLike):
+    """Page `index` (0-based) of a multi-page image file (a multi-frame TIFF): a path that `load_image` reads
+    that frame of, lazily."""
+
+    def __init__(self, path: str | os.PathLike, index: int):
+        self.path, self.index = path, int(index)
+
+    def __fspath__(self) -> str:
+        return os.fspath(self.path)
+
+    def __str__(self) -> str:
+        return f"{self.path} page {self.index + 1}"
+
+    def __repr__(self) -> str:
+        return f"Frame({str(self.path)!r}, {self.index})"
+
+
+class Pages(list):
+    """The pages of a multi-page image file as a document (a list of `Frame`, read one at a time), named
+    after the file: what `image_pages` returns and `GOT.chat` / `got chat` answer page by page, like a PDF."""
+
+    def __init__(self, frames: Iterable[Frame], name: str):
+        super().__init__(frames)
+        self.name = name
+
+
+def frame_count(src: Any) -> int:
+    """How many pages a multi-page image file (TIFF) holds, from its headers; 1 for any other input, and for a file
+    that cannot be read (load_image says what is wrong with it)."""
+    if not isinstance(src, (str, os.PathLike)) or isinstance(src, Frame) or is_pdf(src):
+        return 1
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(src) as im:
+                return int(getattr(im, "n_frames", 1)) if im.format == "TIFF" else 1
+    except Exception:  # unreadable: not ours to report here
+        return 1
+
+
+def image_pages(src: str | os.PathLike) -> Pages:
+    """Every page of a multi-page TIFF (one `Frame` each, nothing decoded yet); [src] for a one-page image."""
+    n = frame_count(src)
+    return Pages([Frame(src, i) for i in range(n)] if n > 1 else [src], str(src))
 
 
 def _check_pixels(w: int, h: int, name: str) -> None:
@@ -131,10 +178,19 @@ def load_image(src: ImageSource) -> Image.Image:
             raise ValueError(f"{name}: PDF with {len(pages)} pages; use load_pdf(...) / pages=... for multi-page input")
         return pages[0]
     fp = io.BytesIO(bytes(src)) if isinstance(src, (bytes, bytearray)) else src
+    frame = src.index if isinstance(src, Frame) else None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own guard below is the rule
-            with Image.open(fp) as im:
+            with Image.open(os.fspath(src) if frame is not None else fp) as im:
+                pages = getattr(im, "n_frames", 1) if im.format == "TIFF" else 1
+                if frame is not None:
+                    if not 0 <= frame < pages:
+                        raise ValueError(f"{src.path}: page {frame + 1} requested but the file has {pages} page(s)")
+                    im.seek(frame)
+                elif pages > 1:  # never only page 1 of it without a word
+                    raise ValueError(f"{name}: TIFF with {pages} pages; read them with got.processor.image_pages / "
+                                     "load_images (got chat answers each page)")
                 _check_pixels(*im.size, name)
                 im.load()
                 return to_rgb(ImageOps.exif_transpose(im))
@@ -143,23 +199,56 @@ def load_image(src: ImageSource) -> Image.Image:
                          "got.processor.MAX_PIXELS if the file is trusted)") from None
     except UnidentifiedImageError:
         raise ValueError(f"{name}: not an image PIL can read (unknown or corrupt format)") from None
-    except (OSError, SyntaxError, struct.error) as e:  # PIL's decoders raise all three on bad data
+    except (OSError, SyntaxError, struct.error, EOFError) as e:  # PIL's decoders raise these on bad data
         raise ValueError(f"{name}: truncated or corrupt image ({e})") from None
 
 
+def _pages_phrase(n_pages: int) -> str:
+    return f"the document has {n_pages} page{'s' if n_pages != 1 else ''} (pages count from 1)"
+
+
+def parse_pages(pages: str | int | Iterable[int] | None, n_pages: int, source: str) -> list[int]:
+    """THE page-range parser: '1-3,5,8-' / 2 / [1, 2] / None (all) -> sorted, distinct 1-based page numbers, checked
+    against the document's `n_pages` before anything is built (`1-999999999` of a 3-page PDF is refused in one
+    line, not expanded into a billion-entry list)."""
+    if n_pages == 0:
+        raise ValueError(f"{source}: the document has no pages")
+    if pages is None:
+        return list(range(1, n_pages + 1))
+    if isinstance(pages, (int, np.integer)) and not isinstance(pages, bool):
+        pages = [int(pages)]
+    if isinstance(pages, str):
+        wanted: set[int] = set()
+        for part in pages.replace(" ", "").split(","):
+            m = re.fullmatch(r"(\d+)?-(\d+)?|(\d+)", part)
+            if not m or part == "-":
+                raise ValueError(f"{source}: bad page range {pages!r}; use e.g. 1-3,5 or 4- (pages count from 1)")
+            huge = 10**18  # a number of more digits than any page count: never converted whole
+            first, last = (int(g) if len(g) < 19 else huge
+                           for g in (m.group(3) or m.group(1) or "1", m.group(3) or m.group(2) or str(n_pages)))
+            if first < 1 or last > n_pages:
+                raise ValueError(f"{source}: page {part} requested but {_pages_phrase(n_pages)}")
+            if first > last:
+                raise ValueError(f"{source}: page range {part} runs backwards; write it as {last}-{first}")
+            wanted.update(range(first, last + 1))  # at most n_pages numbers
+        return sorted(wanted)
+    try:
+        wanted_list = [int(p) for p in pages]
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"{source}: pages must be '1-3,5', a page number or a list of them, got {pages!r}") from None
+    bad = [p for p in wanted_list if not 1 <= p <= n_pages]
+    if bad or not wanted_list:
+        raise ValueError(f"{source}: page {bad[0] if bad else pages} requested but {_pages_phrase(n_pages)}")
+    return sorted({int(p) for p in wanted_list})
+
+
 def _page_numbers(pages: Any, count: int, name: str) -> list[int]:
-    """1-based page selection: None (all), 3, [1, 3], range(1, 4) or "1-3,5" -> 0-based indices."""
+    """1-based page selection: None (all), 3, [1, 3], range(1, 4) or "1-3,5" -> 0-based indices (a string goes
+    through parse_pages; a list keeps its order)."""
     if pages is None:
         return list(range(count))
     if isinstance(pages, str):
-        out: list[int] = []
-        for part in pages.replace(" ", "").split(","):
-            try:
-                a, _, b = part.partition("-")
-                out += list(range(int(a), int(b or a) + 1))
-            except ValueError:
-                raise ValueError(f"{name}: bad page range {pages!r}; use e.g. '1-3,5' (1-based)") from None
-        pages = out
+        return [p - 1 for p in parse_pages(pages, count, name)]
     elif isinstance(pages, int):
         pages = [pages]
     pages = list(pages)
@@ -217,8 +306,11 @@ def load_images(src: ImageSource | Sequence[ImageSource], dpi: int = 144, pages:
         return [im for s in src for im in load_images(s, dpi=dpi)]
     if is_pdf(src):
         return load_pdf(src, dpi=dpi, pages=pages)
+    doc = image_pages(src) if isinstance(src, (str, os.PathLike)) else [src]
+    if len(doc) > 1:  # a multi-page TIFF: every page, like a PDF
+        return [load_image(doc[p - 1]) for p in parse_pages(pages, len(doc), _name(src))]
     if pages is not None:
-        raise ValueError(f"{_name(src)}: pages= only applies to PDFs")
+        raise ValueError(f"{_name(src)}: pages= only applies to PDFs and multi-page TIFFs")
     return [load_image(src)]
 
 

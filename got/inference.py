@@ -484,12 +484,17 @@ class GOT:
 
     def _read_lines(self, prompt: Prompt, max_new_tokens: int) -> Answer:
         """A line-route page: segments the CTC head sees no text in are dropped (specks, noise, pictures), the
-        rest are read in batches and joined in reading order."""
+        rest are read in batches (by the decoder, or by the CTC head where the model's config says it reads
+        better: vision.ctc_answers) and joined in reading order."""
         from got.layout import join_segments
 
         t0 = time.perf_counter()
+        reads = self._ctc_reads(prompt.pixel_values)
+        if reads is not None and self.config.vision.ctc_answers:
+            return Answer(prompt.source, prompt.mode, join_segments(prompt.segments, reads), 0,
+                          prompt.seconds + time.perf_counter() - t0, "stop", prompt.page, prompt.index)
         parts, texts = prompt.parts(), [""] * len(prompt.segments)
-        keep = [i for i, ok in enumerate(self._has_text(prompt.pixel_values)) if ok]
+        keep = [i for i, t in enumerate(reads or [True] * len(parts)) if t]
         max_new = min(max_new_tokens, LINE_TOKENS)
         answers = self.generate([parts[i] for i in keep], max_new, self.line_batch) if keep else []
         for i, a in zip(keep, answers):
@@ -500,14 +505,20 @@ class GOT:
                       prompt.page, prompt.index)
 
     @torch.inference_mode()
+    def _ctc_reads(self, pixels: torch.Tensor) -> list[str] | None:
+        """The tower's CTC reading of each crop (None without a CTC head)."""
+        tower = self.model.vision_tower
+        if tower.ctc_head is None:
+            return None
+        if not len(pixels):
+            return []
+        with self._autocast():
+            return [text.strip() for text, _ in tower.ctc_decode(tower(pixels.to(self.device)))]
+
     def _has_text(self, pixels: torch.Tensor) -> list[bool]:
         """Per crop: does the tower's CTC head read any character in it (always True without a CTC head)?"""
-        tower = self.model.vision_tower
-        if tower.ctc_head is None or not len(pixels):
-            return [True] * len(pixels)
-        with self._autocast():
-            reads = tower.ctc_decode(tower(pixels.to(self.device)))
-        return [bool(text.strip()) for text, _ in reads]
+        reads = self._ctc_reads(pixels)
+        return [True] * len(pixels) if reads is None else [bool(t) for t in reads]
 
     def _autocast(self):
         return torch.autocast("cpu", dtype=torch.bfloat16) if self.autocast else nullcontext()
@@ -591,6 +602,11 @@ class GOT:
             return self._generate_batch([prompt], max_new_tokens, streamer=streamer)[0]
         from got.layout import join_segments
 
+        if self.config.vision.ctc_answers:
+            answer = self._read_lines(prompt, max_new_tokens)
+            if answer.text:
+                on_text(answer.text)
+            return answer
         t0, parts = time.perf_counter(), prompt.parts()
         keep = [i for i, ok in enumerate(self._has_text(prompt.pixel_values)) if ok]
         texts, answers, shown = [""] * len(parts), [], ""

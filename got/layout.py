@@ -52,7 +52,26 @@ def find_text_boxes(image: Image.Image) -> list[Rect]:
         if (bh < h / 3 and bw < h / 3) or (bh < h / 4 and bw > 8 * h) or bh > 5 * h:
             continue
         boxes.append((float(x0), float(y0), float(x1), float(y1)))
-    return boxes
+    return _attach_marks(boxes, h)
+
+
+def _attach_marks(boxes: list[Rect], h: float) -> list[Rect]:
+    """Small marks (bullets, list numbers, a lone digit) join the text box just right of them on the same line, so a
+    list's bullets do not read as a column of their own; a mark with no such neighbour stays a box."""
+    def small(b: Rect) -> bool:
+        return b[2] - b[0] <= 1.2 * h and b[3] - b[1] <= 1.5 * h
+
+    out = [b for b in boxes if not small(b)]
+    for m in sorted((b for b in boxes if small(b)), key=lambda b: -b[0]):  # right to left: chains of marks join up
+        cy = (m[1] + m[3]) / 2
+        right = [i for i, o in enumerate(out) if 0 <= o[0] - m[2] <= 3 * h and o[1] <= cy <= o[3]]
+        if right:
+            i = min(right, key=lambda i: out[i][0])
+            o = out[i]
+            out[i] = (m[0], min(m[1], o[1]), o[2], max(m[3], o[3]))
+        else:
+            out.append(m)
+    return out
 
 
 @dataclass

@@ -54,6 +54,34 @@ def run(cmd: list[str]) -> tuple[float, int, subprocess.CompletedProcess]:
     return time.perf_counter() - t0, peak[0], subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
+def failures_png(samples_jsonl: Path, out: Path, k: int = 6) -> None:
+    """The k worst-read samples of a set (by the model's CER): image, truth and answer, one row each."""
+    from PIL import Image, ImageDraw
+
+    from data_engines.fonts import load_font
+
+    rows = [json.loads(line) for line in samples_jsonl.read_text().splitlines() if line.strip()]
+    worst = sorted(rows, key=lambda r: -r["got"]["metrics"]["cer"])[:k]
+    font, width = load_font("mono", 14), 1100
+    tiles = []
+    for r in worst:
+        im = Image.open(r["image"]).convert("RGB")
+        im.thumbnail((width - 20, 120))
+        tile = Image.new("RGB", (width, im.height + 60), "white")
+        tile.paste(im, (10, 5))
+        d = ImageDraw.Draw(tile)
+        d.text((10, im.height + 10), f"truth : {r['answer'][:120]}", fill=(0, 90, 0), font=font)
+        d.text((10, im.height + 32), f"answer: {r['got']['pred'][:120]}  (CER {r['got']['metrics']['cer']:.2f})",
+               fill=(170, 0, 0), font=font)
+        tiles.append(tile)
+    sheet = Image.new("RGB", (width, sum(t.height for t in tiles)), "white")
+    y = 0
+    for t in tiles:
+        sheet.paste(t, (0, y))
+        y += t.height
+    sheet.save(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sets", nargs="+", required=True, help="GOT-format data files")
@@ -61,6 +89,7 @@ def main() -> None:
     ap.add_argument("--systems", default="got,tesseract,rapidocr")
     ap.add_argument("--limit", type=int, help="first N records of each set")
     ap.add_argument("--out", default="eval/bench")
+    ap.add_argument("--failures", type=Path, help="also draw the worst-read samples of the first set to this PNG")
     a = ap.parse_args()
     rows = []
     for data in a.sets:
@@ -81,6 +110,9 @@ def main() -> None:
                   f"{r['s_per_page']:.3f} s/page  {r['pages_per_s']:.2f} pages/s (wall)  peak RSS {r['peak_rss_gb']:.2f} GB",
                   flush=True)
     Path(a.out).mkdir(parents=True, exist_ok=True)
+    if a.failures and "got" in a.systems.split(","):
+        first = Path(a.sets[0]).stem if Path(a.sets[0]).stem != "data" else Path(a.sets[0]).parent.name
+        failures_png(Path(a.out) / first / "got" / "samples.jsonl", a.failures)
     (Path(a.out) / "table.json").write_text(json.dumps(rows, indent=1) + "\n")
     print("\n| set | system | n | CER ↓ | edit dist ↓ | s/page | pages/s (wall) | peak RSS GB |\n|---|---|---|---|---|---|---|---|")
     for r in rows:

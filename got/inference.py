@@ -409,6 +409,8 @@ class GOT:
                 if any(t for t, _ in reads) else 0.0
             if score > best_score:
                 best, best_score = turned, score
+            if best_score >= 0.9:  # read with confidence as it is: no need to try the opposite turn
+                break
         return best
 
     def _prompt(self, source, label, images, query: Query, page, t0, index) -> Prompt:

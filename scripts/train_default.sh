@@ -27,4 +27,5 @@ train 2 model.encoder_from="$OUT/default_stage1"
 train 3 model.init_from="$OUT/default_stage2"
 if [ "$SHIP" = 1 ]; then
   python3 -m got.cli convert --from "$OUT/default_stage3" --to got/assets/default --dtype bfloat16
+  python3 scripts/choose_line_reader.py got/assets/default  # decoder or CTC head: whichever reads better
 fi

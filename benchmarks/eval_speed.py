@@ -14,7 +14,7 @@ import time
 
 from data_engines.base import get_engine
 from got import metrics as M
-from got.evaluate import RapidOCRPeer, TesseractPeer, _tidy
+from got.peers import RapidOCRPeer, TesseractPeer, _tidy
 
 
 def corrupt(text: str, rate: float, rng: random.Random) -> str:

@@ -9,6 +9,7 @@ from PIL import Image
 from eval_helpers import LINES, render_line, train_tiny, write_line_set
 from got import evaluate as E
 from got.layout import reading_order
+from got.peers import TesseractPeer, make_peer, peer_images
 from got.cli import main
 
 LINES_ZH = ["今天的天气很好，我们去公园散步。", "光学字符识别把图像变成文字"]
@@ -111,19 +112,21 @@ def test_evaluate_aggregates_by_dataset_and_part(tmp_path):
 
 
 def test_missing_peers_are_clear_errors(monkeypatch, capsys, tmp_path):
-    monkeypatch.setattr(E.shutil, "which", lambda name: None)
+    import got.peers
+
+    monkeypatch.setattr(got.peers.shutil, "which", lambda name: None)
     with pytest.raises(FileNotFoundError, match="install the Debian packages tesseract-ocr"):
-        E.make_peer("tesseract")
+        make_peer("tesseract")
     monkeypatch.setitem(sys.modules, "rapidocr_onnxruntime", None)  # import fails as if not installed
     with pytest.raises(ValueError, match="pip install rapidocr_onnxruntime"):
-        E.make_peer("rapidocr")
+        make_peer("rapidocr")
     data = write_line_set(tmp_path, LINES[:1])
     assert main(["eval", "--data", str(data), "--peer", "rapidocr", "--out", str(tmp_path / "o")]) == 1
     assert "got eval: error: peer rapidocr: the Python package rapidocr_onnxruntime is not installed" in \
         capsys.readouterr().err
     monkeypatch.undo()
     with pytest.raises(FileNotFoundError, match="language data xyz not installed.*tesseract-ocr-xyz"):
-        E.TesseractPeer(lang="eng+xyz")
+        TesseractPeer(lang="eng+xyz")
 
 
 def test_peers_read_the_box_region(tmp_path):
@@ -135,8 +138,8 @@ def test_peers_read_the_box_region(tmp_path):
     y = int(top.height / page.height * 1000) + 1  # the lower line on GOT's 0-1000 grid
     (tmp_path / "box.json").write_text(json.dumps([_record("two.png", f"[0, {y}, 1000, 1000] OCR: ", "Second line below")]))
     sample = E.load_dataset(tmp_path / "box.json")[0]
-    assert E.peer_images(sample)[0].size == (page.width, page.height - top.height)
-    text, _ = E.make_peer("tesseract").read_sample(sample)
+    assert peer_images(sample)[0].size == (page.width, page.height - top.height)
+    text, _ = make_peer("tesseract").read_sample(sample)
     assert text == "Second line below"
 
 

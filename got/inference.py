@@ -48,6 +48,7 @@ from got.prompts import Query, build_query
 ImageLike = str | os.PathLike | Image.Image | np.ndarray | bytes
 IMAGE_SUFFIXES = {  # known image types; anything else PIL cannot open is 'unsupported'
     ".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".jfif"}
+MIN_CTC_CONFIDENCE = 0.4  # mean per-character probability under which a crop's CTC read is taken for no text
 LINE_TOKENS = 128  # a line crop's answer: 1024 px hold ~130 characters, ~40 BPE tokens; a runaway stops here
 CHAT_OPTIONS = ("mode", "box", "color", "crop", "max_tiles", "pages", "multi_page")  # the fields of a Query
 
@@ -263,6 +264,8 @@ class GOT:
         # A text-line preset (non-square input) reads pages through got.layout, line by line (docs/default_model.md)
         self.line_model = self.processor.line_hw is not None
         self.line_batch = 32  # line crops generated together (a page's segments; short prompts, short answers)
+        # a crop at most 3/4 as wide (for its height) as the input: ~75 characters, within the 128 tokens' reach
+        self.max_aspect = 0.75 * self.processor.line_hw[1] / self.processor.line_hw[0] if self.line_model else None
         self.stop_ids = [tokenizer.im_end_id, tokenizer.endoftext_id]
         # Passed to transformers' generate(); single-image prompts add no_repeat_ngram_size (GOT's 20).
         self.generation: dict = {"do_sample": False, "num_beams": 1}
@@ -377,7 +380,7 @@ class GOT:
                 raise ValueError(f"{where}: box {list(box)} holds no pixels of the {image.width}x{image.height} image")
         if box is None:
             image = self.upright(image)
-        segments = line_segments(image, box)
+        segments = line_segments(image, box, self.max_aspect)
         crops = [image.crop(g.box) for g in segments]
         prompt = self._prompt(source, label, crops[:1] or [image], Query(), page, t0, index)
         pixels = self.inputs.pixels(crops, Query()) if crops else prompt.pixel_values[:0]
@@ -387,31 +390,32 @@ class GOT:
     @torch.inference_mode()
     def upright(self, image: Image.Image, probe: int = 8) -> Image.Image:
         """A page turned by 90, 180 or 270 degrees, turned back (PP-OCR's direction classifier, done with the
-        tower's CTC head): the turn whose first `probe` line crops the head reads most confidently wins. The
-        layout tells 0/180 from 90/270 (words run across or down the page); without a CTC head the page is
-        kept as it is."""
-        from got.layout import find_text_boxes, line_segments, vertical_lines
-
-        tower = self.model.vision_tower
-        boxes = find_text_boxes(image)
-        if tower.ctc_head is None or not boxes:
+        tower's CTC head): the first `probe` line crops are read as the page stands and, unless that read is
+        confident, turned each way; the most confident turn wins if it beats the page as it stands by 0.08 over
+        at least 20 characters (a word or two cannot tell). Without a CTC head the page is kept as it is."""
+        if self.model.vision_tower.ctc_head is None:
             return image
-        best, best_score = image, -1.0
-        for angle in ((90, 270) if vertical_lines(boxes) else (0, 180)):
-            turned = image.rotate(angle, expand=True) if angle else image
-            segs = line_segments(turned)[:probe]
-            if not segs:
-                continue
-            pixels = self.inputs.pixels([turned.crop(g.box) for g in segs], Query()).to(self.dtype)
-            with self._autocast():
-                reads = tower.ctc_decode(tower(pixels.to(self.device)))
-            score = sum(conf * len(text) for text, conf in reads) / max(1, sum(len(t) for t, _ in reads)) \
-                if any(t for t, _ in reads) else 0.0
-            if score > best_score:
-                best, best_score = turned, score
-            if best_score >= 0.9:  # read with confidence as it is: no need to try the opposite turn
-                break
-        return best
+        score, _ = self._read_confidence(image, probe)
+        if score >= 0.9:
+            return image
+        turns = [(angle, image.rotate(angle, expand=True)) for angle in (180, 90, 270)]
+        reads = [(*self._read_confidence(turned, probe), turned) for _, turned in turns]
+        best_score, chars, best = max(reads, key=lambda r: r[0] if r[1] >= 20 else -1.0)
+        return best if chars >= 20 and best_score > score + 0.08 else image
+
+    def _read_confidence(self, image: Image.Image, probe: int) -> tuple[float, int]:
+        """(mean CTC confidence per character read, characters read) over the first `probe` line crops."""
+        from got.layout import line_segments
+
+        segs = line_segments(image, max_aspect=self.max_aspect)[:probe]
+        if not segs:
+            return 0.0, 0
+        tower = self.model.vision_tower
+        pixels = self.inputs.pixels([image.crop(g.box) for g in segs], Query()).to(self.dtype)
+        with self._autocast():
+            reads = tower.ctc_decode(tower(pixels.to(self.device)))
+        chars = sum(len(t) for t, _ in reads)
+        return (sum(conf * len(t) for t, conf in reads) / chars if chars else 0.0), chars
 
     def _prompt(self, source, label, images, query: Query, page, t0, index) -> Prompt:
         """One prompt through the one input path (got.processor.GOTProcessor)."""
@@ -508,14 +512,16 @@ class GOT:
 
     @torch.inference_mode()
     def _ctc_reads(self, pixels: torch.Tensor) -> list[str] | None:
-        """The tower's CTC reading of each crop (None without a CTC head)."""
+        """The tower's CTC reading of each crop (None without a CTC head); a read below MIN_CTC_CONFIDENCE (noise,
+        specks, pictures) is no text."""
         tower = self.model.vision_tower
         if tower.ctc_head is None:
             return None
         if not len(pixels):
             return []
         with self._autocast():
-            return [text.strip() for text, _ in tower.ctc_decode(tower(pixels.to(self.device)))]
+            reads = tower.ctc_decode(tower(pixels.to(self.device)))
+        return [text.strip() if conf >= MIN_CTC_CONFIDENCE else "" for text, conf in reads]
 
     def _has_text(self, pixels: torch.Tensor) -> list[bool]:
         """Per crop: does the tower's CTC head read any character in it (always True without a CTC head)?"""

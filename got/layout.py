@@ -81,30 +81,47 @@ class Segment:
     line: int  # index of its line in reading order
 
 
-def line_segments(image: Image.Image, region: Sequence[float] | None = None) -> list[Segment]:
+def line_segments(image: Image.Image, region: Sequence[float] | None = None,
+                  max_aspect: float | None = None) -> list[Segment]:
     """The page (or `region` x0,y0,x1,y1 of it) as line segments in reading order, each with a margin of a
-    sixth of its height above and below and half its height left and right (what line slices are trained with)."""
+    sixth of its height above and below and half its height left and right (what line slices are trained with).
+    With `max_aspect`, a segment wider than that many times its height is cut at word gaps (a line model's input
+    holds a bounded number of characters)."""
     ox, oy = 0, 0
     if region is not None:
         x0, y0, x1, y1 = (int(round(v)) for v in region)
         image, ox, oy = image.crop((x0, y0, x1, y1)), x0, y0
     out = []
+    ink = ink_mask(np.asarray(image.convert("L"))) if max_aspect else None
     for i, line in enumerate(reading_order(find_text_boxes(image))):
         for seg in line:
             x0, y0 = min(r[0] for r in seg), min(r[1] for r in seg)
             x1, y1 = max(r[2] for r in seg), max(r[3] for r in seg)
             hgt = y1 - y0
+            if hgt < 6 or x1 - x0 < 4:  # a few pixels: noise, never a readable line
+                continue
             box = (max(0, int(x0 - hgt / 2)), max(0, int(y0 - hgt / 6)),
                    min(image.width, int(math.ceil(x1 + hgt / 2))), min(image.height, int(math.ceil(y1 + hgt / 6))))
-            out.append(Segment((box[0] + ox, box[1] + oy, box[2] + ox, box[3] + oy), i))
+            for b in _cut_wide(ink, box, max_aspect) if max_aspect else [box]:
+                out.append(Segment((b[0] + ox, b[1] + oy, b[2] + ox, b[3] + oy), i))
     return out
 
 
-def vertical_lines(boxes: Sequence[Rect]) -> bool:
-    """Do the text boxes run top-to-bottom (a page turned by 90 or 270 degrees)? Words and phrases are wider
-    than tall on an upright page; on a turned one the opposite holds for most of them."""
-    long = [(r[2] - r[0]) > (r[3] - r[1]) for r in boxes if max(r[2] - r[0], r[3] - r[1]) > 1.5 * min(r[2] - r[0], r[3] - r[1])]
-    return len(long) >= 3 and sum(long) < len(long) / 3
+def _cut_wide(ink: np.ndarray, box: tuple[int, int, int, int], max_aspect: float) -> list[tuple[int, int, int, int]]:
+    """A crop wider than max_aspect times its height, cut in two at the blank column run (a word gap) that is wide
+    and near its middle, again and again until every piece fits."""
+    x0, y0, x1, y1 = box
+    if x1 - x0 <= max_aspect * (y1 - y0):
+        return [box]
+    blank = ~ink[y0:y1, x0:x1].any(axis=0)
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], blank.astype(np.int8), [0]])))
+    runs = [(a, b) for a, b in zip(edges[::2], edges[1::2]) if a > 0 and b < len(blank)]  # inner gaps only
+    if not runs:
+        return [box]
+    middle = (x1 - x0) / 2
+    a, b = min(runs, key=lambda r: abs((r[0] + r[1]) / 2 - middle) - 2 * (r[1] - r[0]))
+    cut = x0 + (a + b) // 2
+    return _cut_wide(ink, (x0, y0, cut, y1), max_aspect) + _cut_wide(ink, (cut, y0, x1, y1), max_aspect)
 
 
 def join_segments(segments: Sequence[Segment], texts: Sequence[str]) -> str:

@@ -103,6 +103,8 @@ def cli_main(args: argparse.Namespace) -> int:
     seed = parse_int("--seed", args.seed)
     workers = parse_int("--workers", args.workers, minimum=1, maximum=max(max_workers, 4))
     shard_size = parse_int("--shard-size", args.shard_size, minimum=1)
+    # Ctrl-C must stop a render even when the launcher left SIGINT ignored (nohup, CI runners, test workers)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         manifest = render(engines=args.engine, mix=args.mix, n=n, out=args.out, seed=seed, workers=workers,
                           shards=args.shards, shard_size=shard_size, augment=args.augment,

@@ -326,7 +326,11 @@ def test_huge_n_starts_at_once_in_bounded_memory(tmp_path, fmt):
             assert _rss_kib(proc.pid) < 1_000_000  # a plan of 1e12 indices would need terabytes
     finally:
         os.killpg(proc.pid, signal.SIGINT)
-        proc.wait(timeout=60)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:  # never leave a render of 1e12 samples running
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise
     err = _stderr(out)
     assert proc.returncode == 130 and "Traceback" not in err, err
     assert len(_message_lines(err)) == 1

@@ -22,7 +22,6 @@ import logging
 import math
 import os
 import random
-import re
 import shutil
 import signal
 import socket

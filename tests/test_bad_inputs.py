@@ -22,6 +22,7 @@ from PIL import Image
 from got import checkpoint as ckpt_module
 from got import evaluate as eval_module
 from got import trainer as train_module
+from input_helpers import write_bad_pdfs
 from got.checkpoint import save_pretrained
 from got.cli import main as got_main
 from got.config import load_config
@@ -76,11 +77,7 @@ def paths(tmp_path_factory) -> dict[str, str]:
     for i in range(3):
         doc.new_page(width=120, height=160).insert_text((20, 60), f"page {i + 1}")
     doc.save(f / "doc.pdf")
-    doc = pymupdf.open()
-    doc.new_page(width=100, height=100)
-    doc.save(f / "locked.pdf", encryption=pymupdf.PDF_ENCRYPT_AES_256, user_pw="u", owner_pw="o")
-    (f / "empty.pdf").write_bytes(b"%PDF-1.4\n1 0 obj<</Type/Catalog/Pages 2 0 R>>endobj\n"
-                                  b"2 0 obj<</Type/Pages/Kids[]/Count 0>>endobj\ntrailer<</Root 1 0 R>>\n%%EOF\n")
+    write_bad_pdfs(f)
     (f / "fake.pdf").write_bytes(b"%PDF-1.4 but nothing else")
     frames = [Image.new("RGB", (60, 40), c) for c in ("white", "gray", "black")]
     frames[0].save(f / "three.tiff", save_all=True, append_images=frames[1:])

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 from transformers import LogitsProcessor, LogitsProcessorList
 
+from input_helpers import write_bad_pdfs
 from got.checkpoint import save_pretrained
 from got.cli import main as got_main
 from got.config import load_config
@@ -53,11 +54,7 @@ def files(tmp_path_factory):
         page = doc.new_page(width=200, height=260)
         page.insert_text((20, 60 + 30 * i), f"page {i + 1} text")
     doc.save(d / "doc.pdf")
-    doc = pymupdf.open()
-    doc.new_page(width=100, height=100)
-    doc.save(d / "locked.pdf", encryption=pymupdf.PDF_ENCRYPT_AES_256, user_pw="u", owner_pw="o")
-    (d / "empty.pdf").write_bytes(b"%PDF-1.4\n1 0 obj<</Type/Catalog/Pages 2 0 R>>endobj\n"
-                                  b"2 0 obj<</Type/Pages/Kids[]/Count 0>>endobj\ntrailer<</Root 1 0 R>>\n%%EOF\n")
+    write_bad_pdfs(d)
     (d / "notes.txt").write_text("not an image")
     (d / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
     return d

@@ -97,6 +97,8 @@ def main() -> None:
         for system in a.systems.split(","):
             out = Path(a.out) / name / system
             args = [*SYSTEMS[system], a.model] if system == "got" else SYSTEMS[system]
+            if system == "tesseract" and name.endswith("_zh"):  # Tesseract reads Chinese with chi_sim only
+                args = ["--peer", "tesseract", "--tesseract-lang", "chi_sim+eng"]
             cmd = [sys.executable, "-m", "got.cli", "eval", "--data", data, "--out", str(out), *args,
                    *(["--limit", str(a.limit)] if a.limit else [])]
             wall, peak, p = run(cmd)

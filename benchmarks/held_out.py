@@ -37,6 +37,11 @@ def page(rng: random.Random, columns: int, family: str):
     return draw_page(p), lines_text(p.lines), style.columns
 
 
+def held_out_line(k: int, i: int, families: list[str], lang: str = "en"):
+    """Line i of set k of the plan below: (image, text), the same whoever asks (benchmarks/scaling_default.py)."""
+    return render_line(random.Random(SEED + 1000 * k + i), lang, family=families[i % len(families)])
+
+
 def build(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     plan = [("lines", 200, SEEN), ("lines_unseen", 200, HELD_OUT_FAMILIES),
@@ -49,7 +54,7 @@ def build(out: Path) -> None:
             rng = random.Random(SEED + 1000 * k + i)
             family = families[i % len(families)]
             if name.startswith("lines"):
-                image, text = render_line(rng, "zh" if name == "lines_zh" else "en", family=family)
+                image, text = held_out_line(k, i, families, "zh" if name == "lines_zh" else "en")
             elif name.startswith("paragraphs"):
                 image, lines = render_paragraph(rng, "en", family=family)
                 text = lines_text(lines)

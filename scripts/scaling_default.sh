@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The default model's scaling study in one command (docs/default_model.md, "Scaling study"): the stage-1 recipe for
+# the same short budget at three tower widths (96, 160, 256), each resumable; then every checkpoint's CTC head is
+# scored on the same held-out lines and the laws E(N) and E(C) are fitted with `got scaling fit`.
+#   scripts/scaling_default.sh            train (about 25 min per size on 2 cores), score, fit
+#   SIZES="s" scripts/scaling_default.sh  one size only;  OUT=dir puts the run dirs under dir (default runs/)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-runs}
+for size in ${SIZES:-s m l}; do
+  case "$size" in
+    s) preset=configs/scaling/tower_s.yaml ;;
+    m) preset=default_stage1 ;;
+    l) preset=configs/scaling/tower_l.yaml ;;
+    *) echo "scaling_default.sh: sizes are s, m, l (got '$size')" >&2; exit 2 ;;
+  esac
+  python3 -m got.cli train --stage 1 --config configs/scaling/stage1.yaml --resume auto \
+    model.preset="$preset" output.dir="$OUT/scaling_$size" "$@"
+done

@@ -3,13 +3,14 @@
 - `decode_attention`: decoder attention for one query row per sequence as two plain matmuls (registered with
   transformers' AttentionInterface), where SDPA's fused kernel costs more than it saves; prompts still use SDPA.
 - `ChunkedKVCache`: a KV cache that writes each step in place into buffers grown in chunks, instead of concatenating
-  the whole cache every token.
+  the whole cache every token; its one-token step can be compiled (`compile_config`).
 Both keep transformers' Qwen2 / OPT modules and weights; docs/benchmarks.md has the figures.
 """
 from __future__ import annotations
 
 import torch
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
+from transformers.generation.configuration_utils import CompileConfig
 
 # ---- decoder attention for CPU generation --------------------------------------------------------------------
 def decode_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling: float | None = None,
@@ -59,55 +60,79 @@ class ChunkedKVLayer(DynamicLayer):
     per generated token, batch 1). Here a token is one in-place write. The prompt step gets the exact-length views;
     a one-token step gets the whole contiguous buffer, whose unfilled tail the causal mask hides (kv length =
     capacity, as transformers' StaticLayer does), so the attention matmuls run on dense tensors.
+
+    A one-token step touches no Python number: the write position is a tensor and the buffers only grow between
+    steps (`ChunkedKVCache.get_mask_sizes`, called by transformers before each step), so the step can be compiled
+    (`compile_config`) and is recompiled only when the capacity or the batch changes.
     """
 
     CHUNK = 256
+    is_compileable = True
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self.length = 0
+        self.keys = self.values = None
+        self.cumulative_length = torch.zeros((), dtype=torch.long)
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         self.dtype, self.device = key_states.dtype, key_states.device
         self.keys = self.values = None
-        self.length = 0
+        self.cumulative_length = torch.zeros((), dtype=torch.long, device=key_states.device)
         self.is_initialized = True
 
     def _capacity(self, n: int) -> int:
         return -(-n // self.CHUNK) * self.CHUNK
 
-    def _full(self, query_length: int) -> bool:
-        """A one-token step after the prompt: attend over the whole buffer (the mask covers its capacity)."""
-        return query_length == 1 and self.length > 0
+    @property
+    def length(self) -> int:
+        return int(self.cumulative_length)
+
+    def capacity(self) -> int:
+        return 0 if self.keys is None else self.keys.shape[-2]
+
+    def reserve(self, n: int) -> None:
+        """Room for n tokens (eagerly, between steps): new buffers of the next CHUNK multiple, filled part copied."""
+        if self.keys is None or self.keys.shape[-2] >= n:
+            return
+        old, cap = self.length, self._capacity(n)
+        keys = self.keys.new_zeros(*self.keys.shape[:-2], cap, self.keys.shape[-1])
+        values = self.values.new_zeros(*self.values.shape[:-2], cap, self.values.shape[-1])
+        keys[..., :old, :] = self.keys[..., :old, :]
+        values[..., :old, :] = self.values[..., :old, :]
+        self.keys, self.values = keys, values
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
         n = self.length + query_length
-        return (self._capacity(n) if self._full(query_length) else n), 0
+        return (max(self._capacity(n), self.capacity()) if query_length == 1 else n), 0
 
     def get_seq_length(self) -> int:
-        return self.length
+        return self.length if self.is_initialized else 0
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
-        full, old = self._full(key_states.shape[-2]), self.length
-        n = old + key_states.shape[-2]
-        if self.keys is None or self.keys.shape[-2] < n:
-            cap = self._capacity(n)
-            keys = key_states.new_zeros(*key_states.shape[:-2], cap, key_states.shape[-1])
-            values = value_states.new_zeros(*value_states.shape[:-2], cap, value_states.shape[-1])
-            if old:
-                keys[..., :old, :] = self.keys[..., :old, :]
-                values[..., :old, :] = self.values[..., :old, :]
-            self.keys, self.values = keys, values
+        q = key_states.shape[-2]
+        if q == 1 and self.keys is not None:  # a decode step (compilable): write at the position tensor
+            pos = self.cumulative_length.reshape(1)
+            self.keys.index_copy_(2, pos, key_states)
+            self.values.index_copy_(2, pos, value_states)
+            self.cumulative_length.add_(1)
+            return self.keys, self.values
+        old = self.length  # the prompt (eager)
+        n = old + q
+        if self.keys is None:
+            shape = (*key_states.shape[:-2], self._capacity(n))
+            self.keys = key_states.new_zeros(*shape, key_states.shape[-1])
+            self.values = value_states.new_zeros(*shape, value_states.shape[-1])
+        self.reserve(n)
         self.keys[..., old:n, :] = key_states
         self.values[..., old:n, :] = value_states
-        self.length = n
-        return (self.keys, self.values) if full else (self.keys[..., :n, :], self.values[..., :n, :])
+        self.cumulative_length.fill_(n)
+        return (self.keys, self.values) if q == 1 else (self.keys[..., :n, :], self.values[..., :n, :])
 
     def reset(self) -> None:
         self.keys = self.values = None
-        self.length = 0
+        self.cumulative_length = torch.zeros((), dtype=torch.long)
         self.is_initialized = False
 
     def crop(self, tokens_to_remove: int) -> None:
@@ -121,3 +146,29 @@ class ChunkedKVCache(DynamicCache):
 
     def __init__(self):
         Cache.__init__(self, layer_class_to_replicate=ChunkedKVLayer)
+
+    @property
+    def is_compileable(self) -> bool:
+        """True before the first layer exists too: transformers decides whether to compile before the prompt."""
+        return True
+
+    def get_mask_sizes(self, query_length: int, layer_idx: int) -> tuple[int, int]:
+        """transformers asks this (eagerly) before every step: the moment to grow all layers' buffers together."""
+        if query_length == 1:
+            for layer in self.layers:
+                layer.reserve(layer.length + 1)
+        return super().get_mask_sizes(query_length, layer_idx)
+
+
+def compile_config(backend: str = "inductor") -> CompileConfig:
+    """transformers' CompileConfig for the one-token step on CPU: inductor, whole graph, fp32 intermediates rounded
+    as eager rounds them (so greedy tokens stay those of the eager path). transformers compiles only the decode
+    steps, never the prompt; a failed compile falls back to eager with dynamo's warning (`suppress_errors`).
+    Compiled code is cached on disk (TORCHINDUCTOR_CACHE_DIR) and reused by later processes."""
+    import torch._dynamo
+
+    torch._dynamo.config.suppress_errors = True
+    options = {"emulate_precision_casts": True} if backend == "inductor" else None
+    config = CompileConfig(fullgraph=False, dynamic=None, mode=None, backend=backend, options=options)
+    config._compile_all_devices = True  # transformers compiles on GPUs only unless told
+    return config

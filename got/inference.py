@@ -28,7 +28,6 @@ import queue
 import sys
 import threading
 import time
-import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
@@ -41,7 +40,7 @@ from transformers.generation.stopping_criteria import StoppingCriteria, Stopping
 from transformers.generation.streamers import BaseStreamer
 
 from got.checks import MAX_BATCH_SIZE, MAX_NEW_TOKENS, MAX_TILES
-from got.decode import ChunkedKVCache, use_decode_attention
+from got.decode import ChunkedKVCache, compile_config, use_decode_attention
 from got.processor import Pages, image_pages, is_pdf, open_pdf, parse_pages  # noqa: F401  (parse_pages: public here)
 from got.prompts import Query, build_query
 
@@ -247,7 +246,7 @@ def _source_name(item, index: int) -> str:
 class GOT:
     """A loaded model + tokenizer + image processor, with GOT's chat modes on top."""
 
-    def __init__(self, model, tokenizer, dtype: torch.dtype | None = None, int8: bool = False):
+    def __init__(self, model, tokenizer, dtype: torch.dtype | None = None, compile: bool = False):
         from got.processor import GOTProcessor
 
         self.model = model.eval()
@@ -255,10 +254,12 @@ class GOT:
         self.config = model.config
         self.device = model.device
         self.dtype = dtype or model.dtype
-        # CPU bf16: autocast catches any fp32 leftovers; never with int8, whose kernels take fp32 inputs.
-        self.autocast = self.device.type == "cpu" and self.dtype == torch.bfloat16 and not int8
+        # CPU bf16: autocast catches any fp32 leftovers.
+        self.autocast = self.device.type == "cpu" and self.dtype == torch.bfloat16
         if self.device.type == "cpu":  # see decode_attention and ChunkedKVLayer
             use_decode_attention(model.decoder)
+        # CPU: the one-token decode step compiled by inductor (got.decode.compile_config); off: eager
+        self.compile = compile and self.device.type == "cpu"
         self.inputs = GOTProcessor(tokenizer, self.config.image_size, self.config.image_token_len)
         self.processor = self.inputs.image
         # A text-line preset (non-square input) reads pages through got.layout, line by line (docs/default_model.md)
@@ -277,13 +278,15 @@ class GOT:
     # ---- loading ----------------------------------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike | None = None, dtype: str | torch.dtype | None = None,
-                        device: str | torch.device | None = None, int8: bool = False) -> "GOT":
+                        device: str | torch.device | None = None, int8: bool = False, int4: bool = False,
+                        compile: bool = False) -> "GOT":
         """Load a model: None or "default" (the shipped default model), a model / checkpoint / training run
         directory, or a repo id in the local Hugging Face cache (got.checkpoint.resolve_model_dir).
 
-        dtype None/"auto": bf16 on CUDA and on CPUs with native bf16, else fp32. int8 (CPU): the decoder's
-        Linear layers are quantised dynamically to int8 (torch.ao quantize_dynamic); the vision tower and
-        projector keep `dtype`.
+        dtype None/"auto": bf16 on CUDA and on CPUs with native bf16, else fp32. int8 / int4 (CPU): the
+        decoder's Linear layers get weight-only int8 / int4 weights (got.quantize), computing in `dtype`; the
+        vision tower and projector keep `dtype`. compile (CPU): the one-token decode step is compiled by inductor
+        on first use (tens of seconds, cached on disk under TORCHINDUCTOR_CACHE_DIR); a failed compile runs eager.
         """
         from got.checkpoint import load_pretrained, resolve_model_dir
 
@@ -296,18 +299,16 @@ class GOT:
             raise FileNotFoundError(f"{path}: model directory is missing {' and '.join(missing)}")
         device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
         dtype = resolve_dtype(dtype, device)
-        if int8:
-            if device.type != "cpu":
-                raise ValueError("int8 dynamic quantisation runs on CPU only; drop --int8 or use --device cpu")
-            model, tokenizer = load_pretrained(path, dtype=torch.float32, device="cpu")
-            with warnings.catch_warnings():  # torch.ao's deprecation notice; still the stock eager int8 path
-                warnings.simplefilter("ignore")
-                torch.ao.quantization.quantize_dynamic(model.decoder, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
-            model.vision_tower.to(dtype)
-            model.projector.to(dtype)
-        else:
-            model, tokenizer = load_pretrained(path, dtype=dtype, device=device)
-        return cls(model, tokenizer, dtype=dtype, int8=int8)
+        if int8 and int4:
+            raise ValueError("choose one of int8 and int4")
+        if (int8 or int4) and device.type != "cpu":
+            raise ValueError("weight-only int8 / int4 runs on CPU only; drop --int8 / --int4 or use --device cpu")
+        model, tokenizer = load_pretrained(path, dtype=dtype, device=device)
+        if int8 or int4:
+            from got.quantize import quantize_weights
+
+            quantize_weights(model.decoder, bits=8 if int8 else 4)
+        return cls(model, tokenizer, dtype=dtype, compile=compile)
 
     # ---- inputs -> prompts -----------------------------------------------------------------------------------
     def prepare(self, item: ImageLike | Sequence[ImageLike], query: Query | None = None, *, index: int = 0,
@@ -546,6 +547,8 @@ class GOT:
         max_new = max(1, min(max_new_tokens, self.max_positions - ids.shape[1]))
         if self.device.type == "cpu":
             kwargs["past_key_values"] = ChunkedKVCache()
+            if self.compile:
+                kwargs["compile_config"] = compile_config()
         with self._autocast():
             out = self.model.generate(ids.to(self.device), pixels, attention_mask=mask.to(self.device),
                                       max_new_tokens=max_new, eos_token_id=self.stop_ids, pad_token_id=pad,
@@ -723,7 +726,11 @@ def add_cli(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-new-tokens", default="4096", help="answer length limit in tokens (default 4096)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="auto: bf16 on CUDA and CPUs with native bf16, else fp32")
-    p.add_argument("--int8", action="store_true", help="CPU: int8 dynamic quantisation of the decoder's Linear layers")
+    p.add_argument("--int8", action="store_true", help="CPU: weight-only int8 for the decoder's Linear layers")
+    p.add_argument("--int4", action="store_true", help="CPU: weight-only int4 (groups of 32) for the decoder's Linear layers")
+    p.add_argument("--compile", action="store_true",
+                   help="CPU: compile the one-token decode step (inductor; first use takes tens of seconds, then "
+                        "cached under TORCHINDUCTOR_CACHE_DIR)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
 
 
@@ -742,7 +749,8 @@ def cli_main(args: argparse.Namespace) -> int:
             check_output(option, path, "file")
     query = Query(mode="format" if args.format else "plain", box=_parse_box(args.box), color=args.color,
                   crop=args.crop, max_tiles=max_tiles, pages=args.pages, multi_page=args.multi_page)
-    model = GOT.from_pretrained(args.model, dtype=args.dtype, device=device, int8=args.int8)
+    model = GOT.from_pretrained(args.model, dtype=args.dtype, device=device, int8=args.int8, int4=args.int4,
+                                compile=args.compile)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     out = open(args.out, "w", encoding="utf-8") if args.out else None

@@ -1,0 +1,76 @@
+"""Weight-only int8 / int4 for the decoder's Linear layers on CPU, through torch's own kernels.
+
+A batch-1 decode step reads every decoder weight once, so its time follows the bytes of the weights: int8 halves
+them and int4 quarters them against bf16. Only the weights are quantised (per output channel for int8, per group
+of input columns for int4); activations stay in the model's dtype, so there is no per-step quantisation of
+activations (what dynamic quantisation did) and no fp32 copy of the model at load. The kernels are
+`aten._weight_int8pack_mm` and `aten._weight_int4pack_mm_for_cpu`, which inductor also lowers when the decode
+step is compiled. The decoder stays transformers' Qwen2 / OPT: only its `nn.Linear` modules are swapped.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+BITS = (8, 4)
+
+
+class WeightOnlyLinear(nn.Module):
+    """`nn.Linear` with its weight held in int8 (one scale per output row) or packed int4 (scale and zero per
+    group of `group_size` input columns); computes in the input's dtype."""
+
+    def __init__(self, linear: nn.Linear, bits: int = 8, group_size: int = 32):
+        super().__init__()
+        if bits not in BITS:
+            raise ValueError(f"bits={bits}: weight-only quantisation takes {BITS}")
+        self.in_features, self.out_features, self.bits = linear.in_features, linear.out_features, bits
+        w = linear.weight.detach().float()
+        dtype = linear.weight.dtype if linear.weight.dtype != torch.float16 else torch.float32
+        self.group_size = group_size if bits == 4 else 0
+        if bits == 8:
+            scale = w.abs().amax(dim=1).clamp(min=1e-8) / 127
+            q = torch.round(w / scale[:, None]).clamp_(-128, 127).to(torch.int8)
+            self.register_buffer("weight_q", q)
+            self.register_buffer("scales", scale.to(dtype))
+        else:
+            n, k = w.shape
+            g = w.reshape(n, k // group_size, group_size)
+            lo, hi = g.amin(-1), g.amax(-1)
+            scale = (hi - lo).clamp(min=1e-8) / 15
+            q = torch.round((g - lo[..., None]) / scale[..., None]).clamp_(0, 15).to(torch.int32).reshape(n, k)
+            self.register_buffer("weight_q", torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1))
+            # the kernel's convention: w = (q - 8) * scale + zero
+            self.register_buffer("scales", torch.stack([scale, lo + 8 * scale], -1).transpose(0, 1).contiguous().to(dtype))
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
+
+    @staticmethod
+    def fits(linear: nn.Linear, bits: int, group_size: int = 32) -> bool:
+        """int4 needs whole groups of input columns and an even number of output rows (the packing's layout)."""
+        return bits == 8 or (linear.in_features % group_size == 0 and linear.out_features % 2 == 0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x2 = x.reshape(-1, self.in_features)
+        scales = self.scales.to(x.dtype)
+        if self.bits == 8:
+            y = torch.ops.aten._weight_int8pack_mm(x2, self.weight_q, scales)
+        else:
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.weight_q, self.group_size, scales)
+        if self.bias is not None:
+            y = y + self.bias.to(y.dtype)
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        group = f", group_size={self.group_size}" if self.bits == 4 else ""
+        return f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}{group}"
+
+
+def quantize_weights(module: nn.Module, bits: int = 8, group_size: int = 32) -> int:
+    """Swap every `nn.Linear` under `module` (the decoder, lm_head included) for a WeightOnlyLinear, in place;
+    returns how many were swapped. Layers int4 cannot pack keep their weights."""
+    swapped = 0
+    for name, child in list(module.named_modules()):
+        for attr, sub in list(child.named_children()):
+            if type(sub) is nn.Linear and WeightOnlyLinear.fits(sub, bits, group_size):
+                setattr(child, attr, WeightOnlyLinear(sub, bits, group_size))
+                swapped += 1
+    return swapped

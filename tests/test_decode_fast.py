@@ -1,0 +1,109 @@
+"""The fast CPU decode path: the compilable ChunkedKVCache and weight-only int8 / int4 (got.quantize).
+
+Greedy tokens of the compiled one-token step must be the eager path's, tiny preset in bf16, 64 tokens, several
+prompts, batch 1 and batch 4, with the cache growing during decoding. The suite compiles with dynamo's
+`aot_eager` backend (the same graph capture, guards and functionalisation as inductor, seconds instead of a
+minute of C++ builds); GOT_TEST_INDUCTOR=1 runs the same check through inductor itself.
+"""
+import os
+
+import pytest
+import torch
+
+from got.config import load_config
+from got.decode import ChunkedKVCache, ChunkedKVLayer, compile_config, use_decode_attention
+from got.modeling import GOTModel
+from got.quantize import WeightOnlyLinear, quantize_weights
+
+NEW = 64
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    m = GOTModel(load_config("tiny")).eval()
+    with torch.no_grad():  # std 0.1: varied tokens (the default init answers one token to everything)
+        for p in m.parameters():
+            if p.dim() > 1:
+                p.normal_(0, 0.1)
+    m = m.to(torch.bfloat16)
+    use_decode_attention(m.decoder)
+    return m
+
+
+def prompts(model, n: int):
+    """n left-padded GOT-shaped prompts of different lengths, with one image tile each."""
+    cfg, rng = model.config, torch.Generator().manual_seed(1)
+    rows = [[cfg.im_start_id, *range(100, 104 + 3 * i), cfg.img_start_id, *[cfg.img_pad_id] * cfg.image_token_len,
+             cfg.img_end_id, 300 + i, cfg.im_end_id, cfg.im_start_id] for i in range(n)]
+    width = max(map(len, rows))
+    ids = torch.full((n, width), cfg.endoftext_id)
+    mask = torch.zeros((n, width), dtype=torch.long)
+    for b, r in enumerate(rows):
+        ids[b, width - len(r):], mask[b, width - len(r):] = torch.tensor(r), 1
+    return ids, mask, torch.randn(n, 3, cfg.image_size, cfg.image_size, generator=rng)
+
+
+def generate(model, ids, mask, pixels, **kw):
+    with torch.inference_mode():
+        return model.generate(ids, pixels, attention_mask=mask, max_new_tokens=NEW, min_new_tokens=NEW,
+                              past_key_values=ChunkedKVCache(), **kw).tolist()
+
+
+@pytest.mark.parametrize("backend", ["aot_eager"] + (["inductor"] if os.environ.get("GOT_TEST_INDUCTOR") else []))
+def test_compiled_step_gives_the_eager_tokens(model, monkeypatch, backend):
+    """Batch 4 (left-padded) and each prompt alone: compiled == eager, token for token, while the cache grows
+    twice (CHUNK 32, prompts of ~30 tokens, 64 new) and without a recompile per token."""
+    import torch._dynamo
+
+    monkeypatch.setattr(ChunkedKVLayer, "CHUNK", 32)
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    ids, mask, pixels = prompts(model, 4)
+    runs = [(ids, mask, pixels)] + [(ids[b:b + 1, -int(mask[b].sum()):], mask[b:b + 1, -int(mask[b].sum()):],
+                                     pixels[b:b + 1]) for b in range(4)]
+    for i, (x, m, px) in enumerate(runs):
+        eager = generate(model, x, m, px)
+        assert len(set(eager[0])) > 5  # varied text, so a wrong step would show
+        assert generate(model, x, m, px, compile_config=compile_config(backend)) == eager, f"run {i}"
+    frames = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    assert 0 < frames <= 12, frames  # a few per capacity / batch shape, never one per token
+
+
+def test_cache_grows_between_steps_only(model, monkeypatch):
+    """Buffers grow in CHUNK steps before a one-token step (mask and buffer the same length), never inside it."""
+    monkeypatch.setattr(ChunkedKVLayer, "CHUNK", 16)
+    ids, mask, pixels = prompts(model, 2)
+    cache = ChunkedKVCache()
+    with torch.inference_mode():
+        model.generate(ids, pixels, attention_mask=mask, max_new_tokens=20, min_new_tokens=20, past_key_values=cache)
+    layer = cache.layers[0]
+    n = ids.shape[1] + 19  # the last token is generated, not fed back
+    assert layer.length == n and layer.capacity() == -(-n // 16) * 16
+    assert cache.get_mask_sizes(1, 0)[0] == layer.keys.shape[-2]
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_weight_only_linear_matches_its_dequantised_weight(bits):
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(64, 48)
+    q = WeightOnlyLinear(lin, bits=bits)
+    x = torch.randn(2, 3, 64)
+    want = lin(x)
+    err = (q(x) - want).abs().max() / want.abs().max()
+    assert q(x).shape == want.shape and err < (0.02 if bits == 8 else 0.15), err
+    assert q(x.bfloat16()).dtype == torch.bfloat16
+
+
+def test_quantised_decoder_generates(model):
+    """All of the tiny decoder's Linear layers (lm_head too) swapped, and it still generates (its quality on a
+    trained model: docs/benchmarks.md)."""
+    import copy
+
+    ids, mask, pixels = prompts(model, 2)
+    q = copy.deepcopy(model)
+    n = quantize_weights(q.decoder, bits=8)
+    assert n == sum(isinstance(m, WeightOnlyLinear) for m in q.decoder.modules()) > 0
+    assert not any(type(m) is torch.nn.Linear for m in q.decoder.modules())
+    out = generate(q, ids, mask, pixels)
+    assert len(out) == 2 and len(out[0]) == NEW

@@ -12,6 +12,16 @@ Decode tok/s is timed per token inside generate (a stopping criterion that only 
 covers the KV-cached steps alone; "first token" is encoder + prefill. Ours runs as `got.inference.GOT` does on
 CPU: decoder attention for single-token steps as plain matmuls (`use_decode_attention`), the prompt through SDPA,
 and the KV cache written in place (`ChunkedKVCache`).
+
+Then the decode table (ours only, bf16): tok/s at each of --batches for each of --variants (eager, compiled =
+the one-token step compiled by inductor as `GOT(compile=True)` runs it, int8 / int4 = weight-only, and their
+compiled forms), for each of --models (the base preset's random weights, the shipped default model). One
+process per cell: the first generate pays the compile (reported as "compile s": its first decode step minus a
+steady one), the second is timed; peak RSS is the process's VmHWM; "tokens" says whether the greedy tokens equal
+the eager cell's of the same model and batch. The compile cache goes to TORCHINDUCTOR_CACHE_DIR (set it to keep
+compiled code between runs; by default a fresh temporary directory, so the compile time is the cold one).
+
+    python benchmarks/model_speed.py --decode-only --models tiny --variants eager,compiled --tokens 8   # a check
 """
 from __future__ import annotations
 
@@ -23,6 +33,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from transformers import StoppingCriteriaList
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
 NEW_TOKENS = 64
@@ -162,6 +174,80 @@ class Clock:
         return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
+def decode_worker(model: str, variant: str, batch: int, tokens: int, workdir: Path) -> dict:
+    """One cell of the decode table: load (bf16), quantise if asked, generate twice (compile, then timed)."""
+    import torch
+
+    from got.checkpoint import load_model, resolve_model_dir
+    from got.config import load_config
+    from got.decode import ChunkedKVCache, compile_config, use_decode_attention
+    from got.modeling import GOTModel
+    from got.quantize import quantize_weights
+    from inference_speed import peak_rss_gb
+
+    t0 = time.perf_counter()
+    if model == "tiny":  # random weights, std 0.1 so that the tokens vary (a plumbing check, no speed claim)
+        torch.manual_seed(0)
+        m = GOTModel(load_config("tiny"))
+        with torch.no_grad():
+            for p in m.parameters():
+                if p.dim() > 1:
+                    p.normal_(0, 0.1)
+        m = m.to(torch.bfloat16)
+    else:
+        m = load_model(workdir / "ours-bf16" if model == "base" else resolve_model_dir(model), dtype=torch.bfloat16)
+    m.eval()
+    use_decode_attention(m.decoder)
+    quant = next((b for b in (8, 4) if f"int{b}" in variant), None)
+    if quant:
+        quantize_weights(m.decoder, bits=quant)
+    load_s = time.perf_counter() - t0
+    cfg = m.config
+    size = (cfg.image_size, cfg.image_size) if isinstance(cfg.image_size, int) else tuple(cfg.image_size)
+    ids = [cfg.im_start_id, *range(1000, 1020), cfg.im_end_id, cfg.im_start_id, 1100, cfg.img_start_id,
+           *[cfg.img_pad_id] * cfg.image_token_len, cfg.img_end_id, *range(1200, 1206), cfg.im_end_id, cfg.im_start_id]
+    ids = torch.tensor([ids] * batch)
+    torch.manual_seed(0)
+    pixels = torch.randn(batch, 3, *size)
+    extra = {"compile_config": compile_config()} if "compiled" in variant else {}
+    runs = []
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        features = m.encode_images(pixels)  # encoded once: the table is about decoding
+        for _ in range(2):
+            clock = Clock()
+            embeds = m.merge_image_features(ids, m.decoder.get_input_embeddings()(ids), features)
+            out = m.decoder.generate(input_ids=ids, inputs_embeds=embeds, attention_mask=torch.ones_like(ids),
+                                     max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False,
+                                     eos_token_id=cfg.im_end_id, pad_token_id=cfg.endoftext_id,
+                                     stopping_criteria=StoppingCriteriaList([clock]), past_key_values=ChunkedKVCache(),
+                                     **extra)
+            runs.append((clock.times, out[:, ids.shape[1]:].tolist()))
+    (first, _), (times, new) = runs
+    steps = [b - a for a, b in zip(times, times[1:])]
+    step = sorted(steps)[len(steps) // 2]
+    return {"tok_s": batch * len(steps) / (times[-1] - times[0]), "step_ms": 1000 * step, "load_s": load_s,
+            "compile_s": max(0.0, (first[1] - first[0]) - step) if "compiled" in variant else 0.0,
+            "peak_rss_gb": peak_rss_gb(), "tokens": new}
+
+
+def decode_table(args) -> None:
+    """The decode table: every (model, variant, batch) in its own process, printed as it comes."""
+    print(f"decode, bf16, {args.tokens} new tokens, {args.threads} threads (load average {loadavg()})", flush=True)
+    print(f"{'model':8s} {'variant':16s} {'batch':>5s} {'tok/s':>8s} {'ms/step':>8s} {'compile s':>9s} "
+          f"{'peak RSS GiB':>12s}  tokens", flush=True)
+    for model in args.models.split(","):
+        for batch in [int(b) for b in args.batches.split(",")]:
+            eager = None
+            for variant in args.variants.split(","):
+                r = run(args, "decode", model, variant, str(batch), str(args.tokens))
+                eager = r["tokens"] if variant == "eager" else eager
+                same = "-" if eager is None or variant == "eager" else (
+                    "identical" if r["tokens"] == eager else
+                    f"{sum(a == b for x, y in zip(r['tokens'], eager) for a, b in zip(x, y))}/{batch * args.tokens} equal")
+                print(f"{model:8s} {variant:16s} {batch:5d} {r['tok_s']:8.1f} {r['step_ms']:8.2f} "
+                      f"{r['compile_s']:9.1f} {r['peak_rss_gb']:12.2f}  {same}", flush=True)
+
+
 def run(args, *worker_args) -> dict:
     cmd = [sys.executable, __file__, "--threads", str(args.threads), "--workdir", str(args.workdir), "--rounds",
            str(args.rounds), "--worker", *worker_args]
@@ -183,6 +269,12 @@ def main() -> None:
     ap.add_argument("--dtypes", default="fp32,bf16")
     ap.add_argument("--rounds", type=int, default=2, help="alternating measurements per implementation (median)")
     ap.add_argument("--workdir", default=None, help="where the checkpoints go (kept and reused if given)")
+    ap.add_argument("--models", default="base,default",
+                    help="decode table: base (random weights), default (the shipped model), a model dir, or tiny")
+    ap.add_argument("--variants", default="eager,compiled,int8,int8+compiled,int4,int4+compiled")
+    ap.add_argument("--batches", default="1,8")
+    ap.add_argument("--tokens", type=int, default=NEW_TOKENS, help="new tokens per decode-table generate")
+    ap.add_argument("--decode-only", action="store_true", help="skip the comparison with transformers")
     ap.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
@@ -191,16 +283,27 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if args.worker:
         kind, *rest = args.worker
-        result = time_worker(rest[0], Path(args.workdir), args.rounds) if kind == "time" else \
-            rss_worker(rest[1], rest[0], Path(args.workdir))
+        if kind == "decode":
+            result = decode_worker(rest[0], rest[1], int(rest[2]), int(rest[3]), Path(args.workdir))
+        else:
+            result = time_worker(rest[0], Path(args.workdir), args.rounds) if kind == "time" else \
+                rss_worker(rest[1], rest[0], Path(args.workdir))
         print("RESULT " + json.dumps(result))
         return
-    dtypes = args.dtypes.split(",")
+    dtypes = [] if args.decode_only else args.dtypes.split(",")
+    if "base" in args.models.split(",") and "bf16" not in dtypes:
+        dtypes_built = dtypes + ["bf16"]
+    else:
+        dtypes_built = dtypes
+    if not os.environ.get("TORCHINDUCTOR_CACHE_DIR"):  # a cold compile, unless the caller keeps a cache
+        inductor_tmp = tempfile.TemporaryDirectory(prefix="got-inductor-")
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = inductor_tmp.name
     tmp = None if args.workdir else tempfile.TemporaryDirectory(prefix="got-bench-")
     args.workdir = Path(args.workdir or tmp.name)
     args.workdir.mkdir(parents=True, exist_ok=True)
-    print(f"building random base checkpoints in {args.workdir} ...", flush=True)
-    build_checkpoints(args.workdir, dtypes)
+    if dtypes_built:
+        print(f"building random base checkpoints in {args.workdir} ...", flush=True)
+        build_checkpoints(args.workdir, dtypes_built)
     print(f"torch {torch.__version__}, {args.threads} threads, {args.rounds} rounds, load average at start {loadavg()}",
           flush=True)
     for d in dtypes:
@@ -217,6 +320,7 @@ def main() -> None:
               f"{NEW_TOKENS}-token generate x{b['generate_s'] / a['generate_s']:.2f}, peak RSS x{rss['ours'] / rss['hf']:.2f}; "
               f"generated tokens {'identical' if t['same_tokens'] else 'DIFFERENT'}  (load average now {loadavg()})",
               flush=True)
+    decode_table(args)
     if tmp:
         tmp.cleanup()
 

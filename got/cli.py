@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("data_engines.cli", "render synthetic training data (`got data render --help`)"),
     "train": ("got.trainer", "train a stage (1, 2, 3) or fine-tune on your own data"),
     "chat": ("got.inference", "OCR images or PDFs with any GOT prompt mode"),
+    "serve": ("got.serve", "serve a model over HTTP: a page to try it, GOT's API and OpenAI chat completions"),
     "eval": ("got.evaluate", "score a model (and OCR-1.0 peers) on a GOT-format data set"),
     "scaling": ("got.scaling", "fit power laws E = a*X^-b to several runs"),
 }

@@ -10,7 +10,7 @@ the guard would end them early), transformers with its own.
 Random weights: the base preset is built once (seeded) and cached in --work with a Qwen-sized tokenizer
 (the bundled BPE padded to 151643 ranks, so the special ids are the released ones).
 Targets (issue 6): ours batch-8 pages/s >= 5x transformers batch-1; peak RSS <= 2.0 GB for one page. One more
-row: ours with `int8=True` (the decoder's Linear layers dynamically quantised), batch 1.
+row: ours with `int8=True` (weight-only int8 for the decoder's Linear layers), batch 1.
 """
 from __future__ import annotations
 

@@ -344,6 +344,7 @@ class Server:
                         raise ClientGone from None
                     continue
                 if kind == "error":
+                    job.cancel("error")
                     raise ServeError(500, payload)
                 if kind == "stopped":
                     if payload == "timeout":
@@ -751,7 +752,9 @@ def add_cli(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-window-ms", default="5", help="how long an idle worker gathers requests (default 5)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="auto: bf16 on CUDA and CPUs with native bf16, else fp32")
-    p.add_argument("--int8", action="store_true", help="CPU: int8 dynamic quantisation of the decoder's Linear layers")
+    p.add_argument("--int8", action="store_true", help="CPU: weight-only int8 for the decoder's Linear layers")
+    p.add_argument("--int4", action="store_true", help="CPU: weight-only int4 (groups of 32) for the decoder's Linear layers")
+    p.add_argument("--compile", action="store_true", help="CPU: compile the one-token decode step (as got chat --compile)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
 
 
@@ -767,6 +770,23 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
                     api_key=key)
 
 
+def check_address(host: str, port: int) -> None:
+    """ValueError naming --host / --port when the address cannot be bound (in use, not this machine's)."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise ValueError(f"--host {host!r}: {e.strerror}") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(address)
+        except OSError as e:
+            raise ValueError(f"--host {host} --port {port}: cannot listen there ({e.strerror})") from None
+
+
 def cli_main(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -776,7 +796,9 @@ def cli_main(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     port = parse_int("--port", args.port, minimum=0, maximum=65535)
     device = check_device("--device", args.device)
-    model = GOT.from_pretrained(args.model, dtype=args.dtype, device=device, int8=args.int8)
+    check_address(args.host, port)  # before the model loads: a busy port is one line at once
+    quant = {k: True for k in ("int4", "compile") if getattr(args, k)}  # only when asked: older GOTs lack them
+    model = GOT.from_pretrained(args.model, dtype=args.dtype, device=device, int8=args.int8, **quant)
     model_id = "got-default" if args.model in (None, "default") else Path(str(args.model).rstrip("/")).name or "got"
     if args.host not in LOOPBACK and not settings.api_key:
         print(f"got serve: warning: listening on {args.host} without an API key: anyone who reaches this address "

@@ -369,3 +369,21 @@ def test_default_model_answers_as_got_chat():
     assert "lazy" not in boxed["text"]
     assert "".join(d["text"] for e, d in streamed if e == "text") == whole["text"]
     assert r.json()["choices"][0]["message"]["content"] == whole["text"]
+
+
+def test_cli_refuses_bad_options_in_one_line(capsys):
+    import socket
+
+    from got.cli import main as got_main
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        for argv, words in [(["--port", "abc"], "--port must be an integer"),
+                            (["--max-batch", "0"], "--max-batch must be >= 1"),
+                            (["--timeout", "-1"], "--timeout"),
+                            (["--port", str(port)], "cannot listen there")]:
+            assert got_main(["serve", *argv]) == 1
+            err = capsys.readouterr().err
+            assert words in err and len(err.strip().splitlines()) == 1, err

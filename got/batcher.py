@@ -71,11 +71,12 @@ class RowControl(StoppingCriteria):
         self.rows = rows
         self.prompt_len: int | None = None
         self.why: list[str | None] = [None] * len(rows)  # "length" / "cancelled" / "timeout" once stopped here
+        self.steps = 0                                    # decode steps run
 
     def __call__(self, input_ids: torch.LongTensor, scores=None, **kwargs) -> torch.BoolTensor:
         if self.prompt_len is None:  # first call: the prompt plus one new token
             self.prompt_len = input_ids.shape[1] - 1
-        n = input_ids.shape[1] - self.prompt_len
+        n = self.steps = input_ids.shape[1] - self.prompt_len
         done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
         for b, row in enumerate(self.rows):
             if self.why[b] is not None:
@@ -116,6 +117,7 @@ class Stats:
     batches: int = 0
     rows: int = 0
     tokens: int = 0
+    steps: int = 0                    # decode steps of all batches (a cancelled batch stops early)
     busy_seconds: float = 0.0
     last_tokens_per_second: float = 0.0
     batch_sizes: collections.Counter = field(default_factory=collections.Counter)
@@ -242,6 +244,7 @@ class Batcher:
         streamer = RowStreamer(model, batch) if any(r.job.stream for r in batch) else None
         limit = max(r.job.max_new_tokens for r in batch)
         answers = model._generate_batch([r.prompt for r in batch], limit, streamer=streamer, extra_stops=[control])
+        self.stats.steps += control.steps
         out: list[Answer | None] = []
         for b, (row, answer) in enumerate(zip(batch, answers)):
             why = control.why[b]

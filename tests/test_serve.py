@@ -159,7 +159,7 @@ def test_queue_bound_and_cancelled_rows_leave_the_batch(got):
         batcher.close()
     kinds = [e[0] for e in got_events["long"]]
     assert kinds[-1] == "stopped" and "answer" not in kinds
-    assert batcher.stats.tokens < 400  # the cancelled row did not run to its limit
+    assert batcher.stats.steps < 400  # the batch did not run to the cancelled row's limit
     [(kind, _, answer)] = got_events["mate"]
     assert kind == "answer" and answer.text == got.chat(image, max_new_tokens=NEW)
 
@@ -233,7 +233,15 @@ def test_client_going_away_cancels_its_request(got):
         while stopped.labels("cancelled")._value.get() < 1 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert stopped.labels("cancelled")._value.get() == 1
-        assert app.state.server.batcher.stats.tokens < 2000
+        assert app.state.server.batcher.stats.steps < 2000
+        # not streamed: the server notices the closed connection while it waits for the answer
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{url}/v1/ocr", files={"file": ("b.png", png(noise(200, 200, 6)))},
+                       data={"max_new_tokens": "2000"}, timeout=httpx.Timeout(60, read=1.5))
+        while stopped.labels("cancelled")._value.get() < 2 and time.monotonic() < deadline + 60:
+            time.sleep(0.05)
+        assert stopped.labels("cancelled")._value.get() == 2
+        assert app.state.server.batcher.stats.steps < 2 * 2000  # both batches stopped early
 
 
 # ---- the other routes -----------------------------------------------------------------------------------------------

@@ -128,5 +128,5 @@ def error_body(message: str, status: int) -> dict[str, Any]:
     """OpenAI's error shape (the openai client reads error.message), also used by every other route."""
     kind = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
             413: "invalid_request_error", 415: "invalid_request_error", 503: "server_overloaded",
-            504: "timeout"}.get(status, "server_error")
+            504: "timeout"}.get(status, "invalid_request_error" if status < 500 else "server_error")
     return {"error": {"message": message, "type": kind, "code": status}}

@@ -164,18 +164,19 @@ def error_body(message: str, status: int) -> dict:
 
 
 # ---- inputs ------------------------------------------------------------------------------------------------------
-async def read_body(request, limit: int, what: str) -> bytes:
-    """The request body, refused with 413 as soon as it passes `limit` bytes (never held whole when too big)."""
-    mb = limit / 1024 / 1024
+async def read_body(request, limit: int, what: str, shown: int | None = None) -> bytes:
+    """The request body, refused with 413 as soon as it passes `limit` bytes (never held whole when too big);
+    `shown` is the limit the message names (the upload limit, without the allowance for form fields)."""
+    mb = (shown or limit) / 1024 / 1024
     length = request.headers.get("content-length")
     if length and length.isdigit() and int(length) > limit:
-        raise ServeError(413, f"{what} is {int(length) / 1024 / 1024:.1f} MB, over the {mb:g} MB limit "
+        raise ServeError(413, f"{what} is {int(length) / 1024 / 1024:.1f} MB, over the {mb:.3g} MB limit "
                               "(got serve --max-upload-mb)")
     chunks, total = [], 0
     async for chunk in request.stream():
         total += len(chunk)
         if total > limit:
-            raise ServeError(413, f"{what} is over the {mb:g} MB limit (got serve --max-upload-mb)")
+            raise ServeError(413, f"{what} is over the {mb:.3g} MB limit (got serve --max-upload-mb)")
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -542,7 +543,8 @@ def create_app(model, settings: Settings | None = None, model_id: str = "got"):
     # ---- OpenAI chat completions ----
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        body = await _json_body(request, settings.max_upload * 4 // 3 + 65536, "chat request")
+        body = await _json_body(request, settings.max_upload * 4 // 3 + 65536, "chat request (base64 image)",
+                                settings.max_upload * 4 // 3)
         try:
             req = ChatRequest.model_validate(body)
         except ValidationError as e:
@@ -614,7 +616,7 @@ def create_app(model, settings: Settings | None = None, model_id: str = "got"):
         if not kind.startswith("multipart/form-data"):
             raise ServeError(415, f"{request.url.path} takes multipart/form-data with the image or PDF in field "
                                   f"'file', got content-type {kind or 'none'!r}")
-        body = await read_body(request, settings.max_upload + 65536, "upload")
+        body = await read_body(request, settings.max_upload + 65536, "upload", settings.max_upload)
 
         async def replay():
             return {"type": "http.request", "body": body, "more_body": False}
@@ -633,17 +635,17 @@ def create_app(model, settings: Settings | None = None, model_id: str = "got"):
         await form.close()
         if len(data) > settings.max_upload:
             raise ServeError(413, f"upload is {len(data) / 1024 / 1024:.1f} MB, over the "
-                                  f"{settings.max_upload / 1024 / 1024:g} MB limit (got serve --max-upload-mb)")
+                                  f"{settings.max_upload / 1024 / 1024:.3g} MB limit (got serve --max-upload-mb)")
         if not data:
             raise ServeError(400, "file: empty upload (0 bytes)")
         fields = {k: v for k, v in form.items() if isinstance(v, str)}
         return fields, data, _safe_name(upload.filename, "upload")
 
-    async def _json_body(request, limit: int, what: str) -> Any:
+    async def _json_body(request, limit: int, what: str, shown: int | None = None) -> Any:
         kind = request.headers.get("content-type", "")
         if kind and not kind.startswith("application/json"):
             raise ServeError(415, f"{request.url.path} takes application/json, got content-type {kind!r}")
-        body = await read_body(request, limit, what)
+        body = await read_body(request, limit, what, shown)
         try:
             return json.loads(body)
         except (ValueError, UnicodeDecodeError) as e:
@@ -693,7 +695,7 @@ def _chat_inputs(req, max_upload: int) -> tuple[bytes, str, str]:
     if media and not (media.startswith("image/") or media == "application/pdf"):
         raise ServeError(415, f"image_url: media type {media!r} is not an image or a PDF")
     if len(payload) > max_upload * 4 // 3 + 4:
-        raise ServeError(413, f"image_url: the image is over the {max_upload / 1024 / 1024:g} MB limit "
+        raise ServeError(413, f"image_url: the image is over the {max_upload / 1024 / 1024:.3g} MB limit "
                               "(got serve --max-upload-mb)")
     if ";base64" in head:
         try:

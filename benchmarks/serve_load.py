@@ -72,7 +72,7 @@ class ServerProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         cmd = [sys.executable, "-c", "import sys; from got.cli import main; sys.exit(main())", "serve",
                "--port", str(self.port), "--queue-size", str(args.queue_size), "--max-batch", str(args.max_batch),
-               "--timeout", str(args.timeout), "--dtype", args.dtype] + (["--model", model] if model else [])
+               "--timeout", str(args.timeout), "--dtype", args.dtype, "--batch-window-ms", str(args.batch_window_ms)] + (["--model", model] if model else [])
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1"}
         self.proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 600
@@ -233,6 +233,8 @@ def main() -> int:
     p.add_argument("--queue-size", type=int, default=32)
     p.add_argument("--max-batch", type=int, default=16)
     p.add_argument("--timeout", type=float, default=3600, help="the server's per-request timeout")
+    p.add_argument("--batch-window-ms", type=float, default=5,
+                   help="the server's gathering window (clients starting together arrive over ~1 s of image decoding)")
     p.add_argument("--client-timeout", type=float, default=7200)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--dtype", default="auto")

@@ -44,12 +44,16 @@ class Job:
     submitted: float = field(default_factory=time.monotonic)
     started: float | None = None      # when its first row entered a batch
     left: int = 0                     # rows not answered yet
+    on_cancel: Callable[["Job"], None] | None = None  # set by Batcher.submit: drops its queued rows at once
 
     def cancel(self, reason: str = "cancelled") -> None:
-        """Its rows leave the batch at the next decode step; rows not started are dropped."""
+        """Its rows leave the batch at the next decode step; rows still queued leave the queue now (so a
+        timed-out or abandoned request never holds a queue place that a new one could have)."""
         if not self.cancelled.is_set():
             self.reason = reason
             self.cancelled.set()
+            if self.on_cancel is not None:
+                self.on_cancel(self)
 
     def stopped(self) -> bool:
         if not self.cancelled.is_set() and time.monotonic() > self.deadline:
@@ -135,6 +139,7 @@ class Batcher:
         self._waiting: set[Job] = set()   # jobs with a row not started yet: what the queue bound counts
         self._cond = threading.Condition()
         self._stop = False
+        self._running: list[Row] = []     # the batch decoding now
         self._thread = threading.Thread(target=self._loop, name="got-serve-model", daemon=True)
 
     # ---- the caller's side ----------------------------------------------------------------------------------
@@ -145,10 +150,12 @@ class Batcher:
     def close(self, timeout: float = 30.0) -> None:
         with self._cond:
             self._stop = True
-            for row in self._rows:
-                row.job.cancel("cancelled")
+            jobs = {r.job for r in [*self._rows, *self._running]}
             self._cond.notify_all()
-        self._thread.join(timeout)
+        for job in jobs:  # the running batch stops at its next step
+            job.cancel("cancelled")
+        if self._thread.is_alive():
+            self._thread.join(timeout)
 
     @property
     def depth(self) -> int:
@@ -164,6 +171,7 @@ class Batcher:
             if len(self._waiting) >= self.queue_size:
                 raise QueueFull(f"{len(self._waiting)} requests are waiting already (queue size {self.queue_size})")
             job.left = len(job.prompts)
+            job.on_cancel = self._drop
             self._waiting.add(job)
             self._rows.extend(Row(job, k, p) for k, p in enumerate(job.prompts))
             self._cond.notify_all()
@@ -176,6 +184,7 @@ class Batcher:
                 return
             if batch:
                 self._run(batch)
+                self._running = []
 
     def _next_batch(self) -> list[Row] | None:
         """Up to max_batch waiting rows that can share a batch (same route; multi-page prompts apart), FIFO."""
@@ -188,7 +197,9 @@ class Batcher:
                 end = time.monotonic() + self.window
                 while len(self._rows) < self.max_batch and (left := end - time.monotonic()) > 0:
                     self._cond.wait(left)
-            for row in [r for r in self._rows if r.job.stopped()]:  # cancelled or timed out while queued
+            for job in {r.job for r in self._rows}:  # past its deadline while queued: drops its rows
+                job.stopped()
+            for row in [r for r in self._rows if r.job.cancelled.is_set()]:  # cancelled as it was queued
                 self._rows.remove(row)
                 self._finish_row(row, None)
             if not self._rows:
@@ -205,7 +216,18 @@ class Batcher:
                 row.job.started = row.job.started or time.monotonic()
                 if not any(r.job is row.job for r in self._rows):
                     self._waiting.discard(row.job)
+            self._running = batch
             return batch
+
+    def _drop(self, job: Job) -> None:
+        """A cancelled job's queued rows leave the queue (its running rows stop in RowControl)."""
+        with self._cond:
+            rows = [r for r in self._rows if r.job is job]
+            for row in rows:
+                self._rows.remove(row)
+            self._waiting.discard(job)
+        for row in rows:
+            self._finish_row(row, None)
 
     def _run(self, batch: list[Row]) -> None:
         t0 = time.perf_counter()

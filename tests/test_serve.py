@@ -164,6 +164,22 @@ def test_queue_bound_and_cancelled_rows_leave_the_batch(got):
     assert kind == "answer" and answer.text == got.chat(image, max_new_tokens=NEW)
 
 
+def test_a_cancelled_request_frees_its_queue_place_at_once(got):
+    from got.batcher import QueueFull
+
+    seen: dict = {}
+    batcher = Batcher(got, max_batch=4, queue_size=1, window=0)  # never started: everything stays queued
+    prompts = got.prepare(noise(64, 64))
+    first = Job(prompts, NEW, collect(seen, "first"))
+    batcher.submit(first)
+    with pytest.raises(QueueFull):
+        batcher.submit(Job(prompts, NEW, collect(seen, "second")))
+    first.cancel("timeout")
+    assert batcher.depth == 0 and seen["first"] == [("stopped", 0, "timeout")]
+    batcher.submit(Job(prompts, NEW, collect(seen, "third")))
+    assert batcher.depth == 1
+
+
 # ---- OpenAI chat completions -------------------------------------------------------------------------------------------
 def data_url(data: bytes, media: str = "image/png") -> str:
     return f"data:{media};base64,{base64.b64encode(data).decode()}"

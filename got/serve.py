@@ -610,7 +610,10 @@ def create_app(model, settings: Settings | None = None, model_id: str = "got"):
 
     async def _upload(request, allowed: tuple[str, ...]) -> tuple[dict, bytes, str]:
         """A multipart upload: (text fields, the file's bytes, its safe name). 415 not multipart, 413 too big."""
-        from starlette.requests import Request as StarletteRequest
+        from starlette.formparsers import MultiPartParser
+
+        class InMemory(MultiPartParser):
+            spool_max_size = settings.max_upload + 65536  # the body is in memory already: never spooled to disk
 
         kind = request.headers.get("content-type", "")
         if not kind.startswith("multipart/form-data"):
@@ -618,11 +621,11 @@ def create_app(model, settings: Settings | None = None, model_id: str = "got"):
                                   f"'file', got content-type {kind or 'none'!r}")
         body = await read_body(request, settings.max_upload + 65536, "upload", settings.max_upload)
 
-        async def replay():
-            return {"type": "http.request", "body": body, "more_body": False}
+        async def chunks():
+            yield body
 
         try:
-            form = await StarletteRequest(request.scope, replay).form(max_files=1, max_fields=len(allowed))
+            form = await InMemory(request.headers, chunks(), max_files=1, max_fields=len(allowed)).parse()
         except Exception as e:  # python-multipart / Starlette: malformed body, too many parts
             raise ServeError(400, f"malformed multipart upload: {getattr(e, 'detail', e)}") from None
         unknown = sorted(set(form.keys()) - set(allowed))

@@ -1,7 +1,8 @@
 """Score the default model's scaling study (scripts/scaling_default.sh) and fit its laws with `got scaling fit`.
 
-Every checkpoint of every run answers the same 200 held-out lines (benchmarks/held_out.py's `lines` set) with its
-CTC head, the reader the shipped model answers with. Each checkpoint becomes one flat point
+Every checkpoint of every run reads the same 200 held-out lines (benchmarks/held_out.py's `lines` set) with its
+CTC head, the reader the shipped model answers with: each line image straight through the processor and the tower
+(greedy CTC), without the layout route's segmentation and orientation checks, so the figure is the tower's alone. Each checkpoint becomes one flat point
 `{params, tokens, compute, cer}` where params counts the vision tower + CTC head (the part that reads; the OPT
 scaffold is the same in every run) and compute is measured, not estimated: FLOPs of one training forward of an
 average sample (torch's FlopCounterMode) x 3 (forward + backward) x samples seen. Then:
@@ -52,20 +53,28 @@ def train_flops_per_sample(model: GOT, tokens_per_sample: int) -> float:
     return 3.0 * counter.get_total_flops()
 
 
+@torch.no_grad()
+def ctc_reads(model: GOT, images: list, batch: int = 50) -> list[str]:
+    tower = model.model.vision_tower
+    reads = []
+    for i in range(0, len(images), batch):
+        pixels = torch.stack([model.processor.preprocess(im) for im in images[i:i + batch]])
+        reads += [text for text, _ in tower.ctc_decode(tower(pixels))]
+    return reads
+
+
 def score(run: Path, lines: list, out: Path) -> list[dict]:
     points = []
     flops = None
     for ckpt in tqdm(list_checkpoints(run / "checkpoints"), desc=run.name):
         state = json.loads((ckpt / "trainer_state.json").read_text())
         model = GOT.from_pretrained(ckpt / "model", dtype="float32")
-        model.config.vision.ctc_answers = True
         tower = model.model.vision_tower
         params = sum(p.numel() for p in tower.parameters())
         if flops is None:
             flops = train_flops_per_sample(model, round(state["tokens_total"] / state["samples_total"]))
             model = GOT.from_pretrained(ckpt / "model", dtype="float32")
-            model.config.vision.ctc_answers = True
-        reads = model.chat_batch([im for im, _ in lines], batch_size=32)
+        reads = ctc_reads(model, [im for im, _ in lines])
         errors = sum(cer(r, t) * len(t) for r, (_, t) in zip(reads, lines))
         point = {"name": f"{run.name}-{state['step']:04d}", "run": run.name, "step": state["step"],
                  "params": params, "tokens": state["tokens_total"], "samples": state["samples_total"],

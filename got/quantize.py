@@ -45,8 +45,8 @@ class WeightOnlyLinear(nn.Module):
 
     @staticmethod
     def fits(linear: nn.Linear, bits: int, group_size: int = 32) -> bool:
-        """int4 needs whole groups of input columns and an even number of output rows (the packing's layout)."""
-        return bits == 8 or (linear.in_features % group_size == 0 and linear.out_features % 2 == 0)
+        """int4 needs whole groups of input columns and output rows in multiples of 16 (the packing's layout)."""
+        return bits == 8 or (linear.in_features % group_size == 0 and linear.out_features % 16 == 0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = x.reshape(-1, self.in_features)
@@ -66,11 +66,13 @@ class WeightOnlyLinear(nn.Module):
 
 def quantize_weights(module: nn.Module, bits: int = 8, group_size: int = 32) -> int:
     """Swap every `nn.Linear` under `module` (the decoder, lm_head included) for a WeightOnlyLinear, in place;
-    returns how many were swapped. Layers int4 cannot pack keep their weights."""
+    returns how many were swapped. A layer int4 cannot pack (a vocabulary of 151,860 rows is not a multiple of 16)
+    gets int8 instead."""
     swapped = 0
     for name, child in list(module.named_modules()):
         for attr, sub in list(child.named_children()):
-            if type(sub) is nn.Linear and WeightOnlyLinear.fits(sub, bits, group_size):
-                setattr(child, attr, WeightOnlyLinear(sub, bits, group_size))
+            if type(sub) is nn.Linear:
+                b = bits if WeightOnlyLinear.fits(sub, bits, group_size) else 8
+                setattr(child, attr, WeightOnlyLinear(sub, b, group_size))
                 swapped += 1
     return swapped

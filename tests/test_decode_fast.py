@@ -107,3 +107,12 @@ def test_quantised_decoder_generates(model):
     assert not any(type(m) is torch.nn.Linear for m in q.decoder.modules())
     out = generate(q, ids, mask, pixels)
     assert len(out) == 2 and len(out[0]) == NEW
+
+
+def test_int4_falls_back_to_int8_where_it_cannot_pack():
+    """A layer whose rows are not a multiple of 16 (a vocabulary of 151,860 or 16,601) gets int8, not an error."""
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.Linear(32, 50))
+    assert quantize_weights(m, bits=4) == 2
+    assert [layer.bits for layer in m] == [4, 8]
+    assert m(torch.randn(3, 64)).shape == (3, 50)

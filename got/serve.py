@@ -304,6 +304,15 @@ class Server:
             p.source = name
         return prompts
 
+    def admit(self) -> None:
+        """503 before any work when the queue is full: preparing a page (decoding, layout) costs about what
+        reading it does, so a refused request must not pay it (64 clients retrying would starve the model)."""
+        if self.batcher.depth >= self.batcher.queue_size:
+            self.metrics.stopped.labels("queue_full").inc()
+            raise ServeError(503, f"server busy: {self.batcher.depth} requests are waiting already "
+                                  f"(queue size {self.batcher.queue_size}); retry later",
+                             {"retry-after": str(self.settings.retry_after)})
+
     def submit(self, prompts: list, max_new_tokens: int, stream: bool):
         """Queue a job; -> (job, asyncio queue of its events). 503 when the queue is full."""
         from got.batcher import Job, QueueFull
@@ -512,6 +521,7 @@ def create_app(model, settings: Settings | None = None, model_id: str = "got"):
             raise ServeError(400, str(e)) from None
         max_new = _int_field("max_new_tokens", form.get("max_new_tokens"), 4096, MAX_NEW_TOKENS)
         stream = _flag("stream", form.get("stream"))
+        server.admit()
         prompts = await server.prepare(data, name, query)
         job, events = server.submit(prompts, max_new, stream)
         head = {"model": model_id, "file": name, "mode": prompts[0].mode}
@@ -558,6 +568,7 @@ def create_app(model, settings: Settings | None = None, model_id: str = "got"):
         name = "image" + {"application/pdf": ".pdf", "image/jpeg": ".jpg", "image/png": ".png",
                           "image/webp": ".webp", "image/gif": ".gif", "image/tiff": ".tif",
                           "image/bmp": ".bmp"}.get(media, "")
+        server.admit()
         prompts = await server.prepare(data, name, query)
         max_new = min(req.max_completion_tokens or req.max_tokens or 4096, MAX_NEW_TOKENS)
         job, events = server.submit(prompts, max_new, req.stream)

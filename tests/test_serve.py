@@ -352,8 +352,12 @@ def test_limits_413_503_504_and_api_key(got, monkeypatch):
         assert r.status_code == 413 and "Mpx" in error(r)
     monkeypatch.undo()
     with TestClient(create_app(got, Settings(queue_size=0, retry_after=7))) as c:
+        prepared = []
+        monkeypatch.setattr(got, "prepare", lambda *a, **k: prepared.append(1) or [])
         r = ocr(c, image)
         assert r.status_code == 503 and r.headers["retry-after"] == "7" and "busy" in error(r)
+        assert not prepared  # refused before the page is prepared: retrying clients cost the model nothing
+    monkeypatch.undo()
     with TestClient(create_app(got, Settings(timeout=0.3))) as c:
         r = ocr(c, image, max_new_tokens=100000)
         assert r.status_code == 504 and "--timeout" in error(r)

@@ -724,6 +724,11 @@ def add_cli(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", metavar="JSONL", help="write one JSON line per answer here (default: stdout)")
     p.add_argument("--batch-size", default="8", help="prompts generated together (default 8)")
     p.add_argument("--max-new-tokens", default="4096", help="answer length limit in tokens (default 4096)")
+    add_model_options(p)
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    """How the model is loaded: the options `got chat` and `got serve` share (read by `model_from_args`)."""
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="auto: bf16 on CUDA and CPUs with native bf16, else fp32")
     p.add_argument("--int8", action="store_true", help="CPU: weight-only int8 for the decoder's Linear layers")
@@ -732,6 +737,12 @@ def add_cli(p: argparse.ArgumentParser) -> None:
                    help="CPU: compile the one-token decode step (inductor; first use takes tens of seconds, then "
                         "cached under TORCHINDUCTOR_CACHE_DIR)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+
+
+def model_from_args(args: argparse.Namespace, device) -> GOT:
+    """`args.model` loaded as `add_model_options` asked (device already checked by the caller)."""
+    return GOT.from_pretrained(args.model, dtype=args.dtype, device=device, int8=args.int8, int4=args.int4,
+                               compile=args.compile)
 
 
 def cli_main(args: argparse.Namespace) -> int:
@@ -749,8 +760,7 @@ def cli_main(args: argparse.Namespace) -> int:
             check_output(option, path, "file")
     query = Query(mode="format" if args.format else "plain", box=_parse_box(args.box), color=args.color,
                   crop=args.crop, max_tiles=max_tiles, pages=args.pages, multi_page=args.multi_page)
-    model = GOT.from_pretrained(args.model, dtype=args.dtype, device=device, int8=args.int8, int4=args.int4,
-                                compile=args.compile)
+    model = model_from_args(args, device)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     out = open(args.out, "w", encoding="utf-8") if args.out else None

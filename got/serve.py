@@ -761,6 +761,8 @@ def _chat_query(req, text: str) -> Query:
 
 # ---- CLI ---------------------------------------------------------------------------------------------------------
 def add_cli(p: argparse.ArgumentParser) -> None:
+    from got.inference import add_model_options
+
     p.add_argument("--model", help="model directory, training run, or cached hub id (default: the shipped default model)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", default="8000", help="port (default 8000)")
@@ -770,12 +772,7 @@ def add_cli(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", default="300", help="seconds a request may take, queue included (default 300)")
     p.add_argument("--max-upload-mb", default="20", help="upload size limit in MB (default 20)")
     p.add_argument("--batch-window-ms", default="5", help="how long an idle worker gathers requests (default 5)")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                   help="auto: bf16 on CUDA and CPUs with native bf16, else fp32")
-    p.add_argument("--int8", action="store_true", help="CPU: weight-only int8 for the decoder's Linear layers")
-    p.add_argument("--int4", action="store_true", help="CPU: weight-only int4 (groups of 32) for the decoder's Linear layers")
-    p.add_argument("--compile", action="store_true", help="CPU: compile the one-token decode step (as got chat --compile)")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    add_model_options(p)
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -811,14 +808,13 @@ def cli_main(args: argparse.Namespace) -> int:
     import uvicorn
 
     from got.checks import check_device
-    from got.inference import GOT
+    from got.inference import model_from_args
 
     settings = settings_from_args(args)
     port = parse_int("--port", args.port, minimum=0, maximum=65535)
     device = check_device("--device", args.device)
     check_address(args.host, port)  # before the model loads: a busy port is one line at once
-    quant = {k: True for k in ("int4", "compile") if getattr(args, k)}  # only when asked: older GOTs lack them
-    model = GOT.from_pretrained(args.model, dtype=args.dtype, device=device, int8=args.int8, **quant)
+    model = model_from_args(args, device)
     model_id = "got-default" if args.model in (None, "default") else Path(str(args.model).rstrip("/")).name or "got"
     if args.host not in LOOPBACK and not settings.api_key:
         print(f"got serve: warning: listening on {args.host} without an API key: anyone who reaches this address "

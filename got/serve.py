@@ -16,6 +16,7 @@ import binascii
 import hmac
 import io
 import json
+import math
 import os
 import re
 import sys
@@ -42,6 +43,7 @@ MODE_WORDS = {"": "plain", "plain": "plain", "ocr": "plain", "text": "plain", "f
               "formatted": "format", "ocr with format": "format"}
 GOT_QUERIES = "'OCR: ', 'OCR with format: ', '[x1, y1, x2, y2] OCR: ', '[red] OCR: ', ..."
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+MAX_RETRY_AFTER = 60  # seconds: the most a 503 asks a client to wait, however long the measured queue
 
 
 @dataclass
@@ -53,7 +55,7 @@ class Settings:
     max_upload: int = 20 * 1024 * 1024  # bytes of one upload (413 over)
     api_key: str | None = None        # checked on every route but /health
     window: float = 0.005             # seconds the idle worker waits for requests sent together
-    retry_after: int = 2              # seconds a 503 asks the client to wait
+    retry_after: int = 2              # least seconds a 503 asks the client to wait (more when batches are slow)
 
 
 class ServeError(Exception):
@@ -102,11 +104,14 @@ class Metrics:
 
 
 class Guard:
-    """ASGI middleware: the API key on every route but /health, and request counts / latency by route and status.
-    Pure ASGI (not BaseHTTPMiddleware) so streamed answers and disconnects pass through untouched."""
+    """ASGI middleware: the API key on every route but /health, 503 for work routes while the queue is full (before
+    the upload is read: a refused 20 MB page must cost the server nothing), and request counts / latency by route
+    and status. Pure ASGI (not BaseHTTPMiddleware) so streamed answers and disconnects pass through untouched."""
 
-    def __init__(self, app, settings: Settings, metrics: Metrics):
-        self.app, self.settings, self.metrics = app, settings, metrics
+    WORK = ("/v1/ocr", "/v1/chat/completions")
+
+    def __init__(self, app, settings: Settings, metrics: Metrics, server: "Server"):
+        self.app, self.settings, self.metrics, self.server = app, settings, metrics, server
 
     def authorized(self, scope) -> bool:
         key = self.settings.api_key
@@ -143,6 +148,12 @@ class Guard:
                                                               "'Authorization: Bearer KEY'", 401),
                                  {"www-authenticate": "Bearer"})
                 return
+            if path in self.WORK and scope.get("method") == "POST":
+                try:
+                    self.server.admit()
+                except ServeError as e:
+                    await _send_json(send_status, e.status, error_body(e.message, e.status), e.headers)
+                    return
             await self.app(scope, receive, send_status)
         finally:
             self.metrics.requests.labels(route, str(status[0])).inc()
@@ -305,13 +316,20 @@ class Server:
         return prompts
 
     def admit(self) -> None:
-        """503 before any work when the queue is full: preparing a page (decoding, layout) costs about what
-        reading it does, so a refused request must not pay it (64 clients retrying would starve the model)."""
+        """503 before any work when the queue is full: receiving and preparing a page (upload, decoding, layout)
+        costs about what reading it does, so a refused request must not pay it (64 clients retrying would starve
+        the model). The Guard asks before the body is read; the routes ask again just before preparing."""
         if self.batcher.depth >= self.batcher.queue_size:
             self.metrics.stopped.labels("queue_full").inc()
             raise ServeError(503, f"server busy: {self.batcher.depth} requests are waiting already "
-                                  f"(queue size {self.batcher.queue_size}); retry later",
-                             {"retry-after": str(self.settings.retry_after)})
+                                  f"(queue size {self.batcher.queue_size}); retry later", self.retry_headers())
+
+    def retry_headers(self) -> dict[str, str]:
+        """Retry-After = the measured time the queue ahead needs (mean seconds per batch x batches waiting),
+        at least `settings.retry_after`: clients told the truth come back when there is room, not every 2 s."""
+        st, b = self.batcher.stats, self.batcher
+        wait = st.busy_seconds / st.batches * math.ceil(b.depth / b.max_batch) if st.batches else 0.0
+        return {"retry-after": str(max(self.settings.retry_after, min(MAX_RETRY_AFTER, math.ceil(wait))))}
 
     def submit(self, prompts: list, max_new_tokens: int, stream: bool):
         """Queue a job; -> (job, asyncio queue of its events). 503 when the queue is full."""
@@ -331,8 +349,7 @@ class Server:
             self.batcher.submit(job)
         except QueueFull as e:
             self.metrics.stopped.labels("queue_full").inc()
-            raise ServeError(503, f"server busy: {e}; retry later",
-                             {"retry-after": str(self.settings.retry_after)}) from None
+            raise ServeError(503, f"server busy: {e}; retry later", self.retry_headers()) from None
         return job, events
 
     async def follow(self, job, events: asyncio.Queue, request, poll_disconnect: bool) -> AsyncIterator[tuple]:
@@ -409,7 +426,7 @@ def create_app(model, settings: Settings | None = None, model_id: str = "got"):
 
     app = FastAPI(title="got serve", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.server = server
-    app.add_middleware(Guard, settings=settings, metrics=server.metrics)
+    app.add_middleware(Guard, settings=settings, metrics=server.metrics, server=server)
 
     @app.exception_handler(ServeError)
     async def refused(request, e: ServeError):

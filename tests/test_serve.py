@@ -374,6 +374,40 @@ def test_limits_413_503_504_and_api_key(got, monkeypatch):
     assert c.get("/nowhere").status_code in (401, 404)
 
 
+def test_full_queue_refuses_before_the_upload_is_read(got, monkeypatch):
+    """A 503 costs the server nothing: the Guard answers it before one byte of the body is received, and its
+    Retry-After is the measured wait for the queue ahead (seconds per batch x batches waiting), not a constant."""
+    import asyncio
+
+    app = create_app(got, Settings(queue_size=0, retry_after=3, max_batch=16))
+    sent, reads = [], []
+
+    async def receive():
+        reads.append(1)
+        return {"type": "http.request", "body": b"x" * 1000, "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    for path in ("/v1/ocr", "/v1/chat/completions"):
+        sent.clear()
+        scope = {"type": "http", "method": "POST", "path": path, "headers": [(b"content-length", b"1000")],
+                 "query_string": b"", "root_path": "", "scheme": "http", "server": ("127.0.0.1", 80),
+                 "client": ("127.0.0.1", 5), "http_version": "1.1", "app": app}
+        asyncio.run(app(scope, receive, send))
+        head = sent[0]
+        assert head["status"] == 503 and dict(head["headers"])[b"retry-after"] == b"3", path
+        assert b"busy" in sent[1]["body"]
+    assert not reads
+    server = app.state.server
+    server.batcher.stats.batches, server.batcher.stats.busy_seconds = 2, 30.0  # 15 s per batch measured
+    monkeypatch.setattr(Batcher, "depth", property(lambda self: 20))  # 20 waiting at 16 a batch: two batches
+    assert server.retry_headers() == {"retry-after": "30"}
+    monkeypatch.setattr(Batcher, "depth", property(lambda self: 10_000))
+    assert server.retry_headers() == {"retry-after": "60"}  # capped: a client is never told to wait for ages
+    server.close()
+
+
 def test_uploads_leave_no_files(got, client, tmp_path, monkeypatch):
     import tempfile
 

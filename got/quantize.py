@@ -24,29 +24,24 @@ class WeightOnlyLinear(nn.Module):
         if bits not in BITS:
             raise ValueError(f"bits={bits}: weight-only quantisation takes {BITS}")
         self.in_features, self.out_features, self.bits = linear.in_features, linear.out_features, bits
-        w = linear.weight.detach().float()
         dtype = linear.weight.dtype if linear.weight.dtype != torch.float16 else torch.float32
         self.group_size = group_size if bits == 4 else 0
-        if bits == 8:
-            scale = w.abs().amax(dim=1).clamp(min=1e-8) / 127
-            q = torch.round(w / scale[:, None]).clamp_(-128, 127).to(torch.int8)
-            self.register_buffer("weight_q", q)
-            self.register_buffer("scales", scale.to(dtype))
-        else:
-            n, k = w.shape
-            g = w.reshape(n, k // group_size, group_size)
-            lo, hi = g.amin(-1), g.amax(-1)
-            scale = (hi - lo).clamp(min=1e-8) / 15
-            q = torch.round((g - lo[..., None]) / scale[..., None]).clamp_(0, 15).to(torch.int32).reshape(n, k)
-            self.register_buffer("weight_q", torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1))
-            # the kernel's convention: w = (q - 8) * scale + zero
-            self.register_buffer("scales", torch.stack([scale, lo + 8 * scale], -1).transpose(0, 1).contiguous().to(dtype))
+        w = linear.weight.detach()
+        if bits == 4 and w.shape[0] % 16:  # the int4 packing takes rows in 16s: zero rows, cut off in forward
+            w = torch.cat([w, w.new_zeros(-w.shape[0] % 16, w.shape[1])])
+        q, scales = _quantize_rows(w, bits, group_size)
+        if bits == 4:
+            q = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
+            # the kernel's convention: w = (q - 8) * scale + zero; scales (n, k/g, 2) -> (k/g, n, 2)
+            scales = scales.transpose(0, 1).contiguous()
+        self.register_buffer("weight_q", q)
+        self.register_buffer("scales", scales.to(dtype))
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
 
     @staticmethod
     def fits(linear: nn.Linear, bits: int, group_size: int = 32) -> bool:
-        """int4 needs whole groups of input columns and output rows in multiples of 16 (the packing's layout)."""
-        return bits == 8 or (linear.in_features % group_size == 0 and linear.out_features % 16 == 0)
+        """int4 needs whole groups of input columns (output rows are padded to the packing's multiple of 16)."""
+        return bits == 8 or linear.in_features % group_size == 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = x.reshape(-1, self.in_features)
@@ -55,6 +50,7 @@ class WeightOnlyLinear(nn.Module):
             y = torch.ops.aten._weight_int8pack_mm(x2, self.weight_q, scales)
         else:
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.weight_q, self.group_size, scales)
+            y = y[:, :self.out_features] if y.shape[1] != self.out_features else y
         if self.bias is not None:
             y = y + self.bias.to(y.dtype)
         return y.reshape(*x.shape[:-1], self.out_features)
@@ -64,14 +60,38 @@ class WeightOnlyLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}{group}"
 
 
+def _quantize_rows(w: torch.Tensor, bits: int, group_size: int, chunk: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
+    """(q, scales) of a weight, `chunk` output rows at a time: the fp32 working copy is one chunk, never the whole
+    matrix (a 151,860 x 1024 head in fp32 is 0.6 GB, and its temporaries would set the process's peak RSS).
+    int8: q (n, k) int8, scales (n,). int4: q (n, k) int32 in 0..15, scales (n, k/g, 2) = (scale, zero)."""
+    n, k = w.shape
+    if bits == 8:
+        q, scales = torch.empty(n, k, dtype=torch.int8), torch.empty(n)
+    else:
+        q, scales = torch.empty(n, k, dtype=torch.int32), torch.empty(n, k // group_size, 2)
+    for i in range(0, n, chunk):
+        rows = w[i:i + chunk].float()
+        if bits == 8:
+            scale = rows.abs().amax(dim=1).clamp(min=1e-8) / 127
+            q[i:i + chunk] = torch.round(rows / scale[:, None]).clamp_(-128, 127)
+            scales[i:i + chunk] = scale
+        else:
+            g = rows.reshape(len(rows), k // group_size, group_size)
+            lo, hi = g.amin(-1), g.amax(-1)
+            scale = (hi - lo).clamp(min=1e-8) / 15
+            q[i:i + chunk] = torch.round((g - lo[..., None]) / scale[..., None]).clamp_(0, 15).reshape(len(rows), k)
+            scales[i:i + chunk] = torch.stack([scale, lo + 8 * scale], -1)
+    return q, scales
+
+
 def quantize_weights(module: nn.Module, bits: int = 8, group_size: int = 32) -> int:
     """Swap every `nn.Linear` under `module` (the decoder, lm_head included) for a WeightOnlyLinear, in place;
-    returns how many were swapped. A layer int4 cannot pack (a vocabulary of 151,860 rows is not a multiple of 16)
-    gets int8 instead."""
+    returns how many were swapped. A layer int4 cannot group (input columns not a multiple of `group_size`) gets
+    int8 instead."""
     swapped = 0
     for name, child in list(module.named_modules()):
         for attr, sub in list(child.named_children()):
-            if type(sub) is nn.Linear:
+            if isinstance(sub, nn.Linear):
                 b = bits if WeightOnlyLinear.fits(sub, bits, group_size) else 8
                 setattr(child, attr, WeightOnlyLinear(sub, b, group_size))
                 swapped += 1

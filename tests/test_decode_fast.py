@@ -109,10 +109,43 @@ def test_quantised_decoder_generates(model):
     assert len(out) == 2 and len(out[0]) == NEW
 
 
-def test_int4_falls_back_to_int8_where_it_cannot_pack():
-    """A layer whose rows are not a multiple of 16 (a vocabulary of 151,860 or 16,601) gets int8, not an error."""
+def test_int4_pads_rows_and_falls_back_to_int8_where_it_cannot_group():
+    """Rows not a multiple of 16 (a vocabulary of 151,860 or 16,601) are padded for the int4 packing and cut off
+    again; input columns not a multiple of the group size get int8, not an error."""
     torch.manual_seed(0)
-    m = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.Linear(32, 50))
-    assert quantize_weights(m, bits=4) == 2
-    assert [layer.bits for layer in m] == [4, 8]
-    assert m(torch.randn(3, 64)).shape == (3, 50)
+    m = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.Linear(32, 50), torch.nn.Linear(50, 7))
+    assert quantize_weights(m, bits=4) == 3
+    assert [layer.bits for layer in m] == [4, 4, 8]
+    x = torch.randn(3, 64)
+    assert m(x).shape == (3, 7)
+    head = torch.nn.Linear(32, 50)
+    padded = torch.nn.Linear(32, 64)
+    with torch.no_grad():
+        padded.weight.copy_(torch.cat([head.weight, torch.zeros(14, 32)]))
+        padded.bias.copy_(torch.cat([head.bias, torch.zeros(14)]))
+    x = torch.randn(3, 32)
+    q = WeightOnlyLinear(head, 4)
+    assert torch.equal(q(x), WeightOnlyLinear(padded, 4)(x)[:, :50])
+    assert (q(x) - head(x)).abs().max() < 0.25  # int4 in groups of 32 (outputs of order 1): near the float layer
+
+
+def test_gemv_linear_equals_linear_and_keeps_the_state_dict():
+    """The batch-1 decode product (torch.mv / addmv) gives nn.Linear's exact result; batches and training take
+    nn.Linear's own path; parameters and state_dict keys do not change."""
+    from got.decode import GemvLinear
+
+    torch.manual_seed(0)
+    for dtype in (torch.bfloat16, torch.float32):
+        for bias in (True, False):
+            ref = torch.nn.Linear(96, 160, bias=bias).to(dtype)
+            fast = torch.nn.Linear(96, 160, bias=bias).to(dtype)
+            fast.load_state_dict(ref.state_dict())
+            fast.__class__ = GemvLinear
+            assert list(fast.state_dict()) == list(ref.state_dict())
+            with torch.no_grad():
+                for shape in ((1, 1, 96), (96,), (4, 96), (2, 3, 96)):
+                    x = torch.randn(shape).to(dtype)
+                    assert torch.equal(fast(x), ref(x)), (dtype, bias, shape)
+            x = torch.randn(1, 96, dtype=dtype, requires_grad=True)
+            fast(x).sum().backward()  # training: nn.Linear's path, gradients flow
+            assert x.grad is not None

@@ -13,9 +13,9 @@ covers the KV-cached steps alone; "first token" is encoder + prefill. Ours runs 
 CPU: decoder attention for single-token steps as plain matmuls (`use_decode_attention`), the prompt through SDPA,
 and the KV cache written in place (`ChunkedKVCache`).
 
-Then the decode table (ours only, bf16): tok/s at each of --batches for each of --variants (eager, compiled =
-the one-token step compiled by inductor as `GOT(compile=True)` runs it, int8 / int4 = weight-only, and their
-compiled forms), for each of --models (the base preset's random weights, the shipped default model). One
+Then the decode table (ours only, bf16 unless a variant says fp32): tok/s at each of --batches for each of
+--variants (eager, compiled = the one-token step compiled by inductor as `GOT(compile=True)` runs it, int8 / int4 =
+weight-only, their compiled forms, and `fp32` forms such as eager-fp32, compiled-fp32), for each of --models (the base preset's random weights, the shipped default model). One
 process per cell: the first generate pays the compile (reported as "compile s": its first decode step minus a
 steady one), the second is timed; peak RSS is the process's VmHWM; "tokens" says whether the greedy tokens equal
 the eager cell's of the same model and batch. The compile cache goes to TORCHINDUCTOR_CACHE_DIR (set it to keep
@@ -175,7 +175,8 @@ class Clock:
 
 
 def decode_worker(model: str, variant: str, batch: int, tokens: int, workdir: Path) -> dict:
-    """One cell of the decode table: load (bf16), quantise if asked, generate twice (compile, then timed)."""
+    """One cell of the decode table: load (bf16, or fp32 for an -fp32 variant), quantise if asked, generate twice
+    (compile, then timed)."""
     import torch
 
     from got.checkpoint import load_model, resolve_model_dir
@@ -186,6 +187,7 @@ def decode_worker(model: str, variant: str, batch: int, tokens: int, workdir: Pa
     from inference_speed import peak_rss_gb
 
     t0 = time.perf_counter()
+    dtype = torch.float32 if "fp32" in variant else torch.bfloat16
     if model == "tiny":  # random weights, std 0.1 so that the tokens vary (a plumbing check, no speed claim)
         torch.manual_seed(0)
         m = GOTModel(load_config("tiny"))
@@ -193,9 +195,9 @@ def decode_worker(model: str, variant: str, batch: int, tokens: int, workdir: Pa
             for p in m.parameters():
                 if p.dim() > 1:
                     p.normal_(0, 0.1)
-        m = m.to(torch.bfloat16)
+        m = m.to(dtype)
     else:
-        m = load_model(workdir / "ours-bf16" if model == "base" else resolve_model_dir(model), dtype=torch.bfloat16)
+        m = load_model(workdir / "ours-bf16" if model == "base" else resolve_model_dir(model), dtype=dtype)
     m.eval()
     use_decode_attention(m.decoder)
     quant = next((b for b in (8, 4) if f"int{b}" in variant), None)
@@ -211,7 +213,7 @@ def decode_worker(model: str, variant: str, batch: int, tokens: int, workdir: Pa
     pixels = torch.randn(batch, 3, *size)
     extra = {"compile_config": compile_config()} if "compiled" in variant else {}
     runs = []
-    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
         features = m.encode_images(pixels)  # encoded once: the table is about decoding
         for _ in range(2):
             clock = Clock()
@@ -232,18 +234,21 @@ def decode_worker(model: str, variant: str, batch: int, tokens: int, workdir: Pa
 
 def decode_table(args) -> None:
     """The decode table: every (model, variant, batch) in its own process, printed as it comes."""
-    print(f"decode, bf16, {args.tokens} new tokens, {args.threads} threads (load average {loadavg()})", flush=True)
+    print(f"decode, bf16 unless the variant says fp32, {args.tokens} new tokens, {args.threads} threads (load average {loadavg()})", flush=True)
     print(f"{'model':8s} {'variant':16s} {'batch':>5s} {'tok/s':>8s} {'ms/step':>8s} {'compile s':>9s} "
           f"{'peak RSS GiB':>12s}  tokens", flush=True)
     for model in args.models.split(","):
         for batch in [int(b) for b in args.batches.split(",")]:
-            eager = None
+            eager: dict[str, list] = {}  # the eager cell's tokens per dtype: what the other variants must equal
             for variant in args.variants.split(","):
                 r = run(args, "decode", model, variant, str(batch), str(args.tokens))
-                eager = r["tokens"] if variant == "eager" else eager
-                same = "-" if eager is None or variant == "eager" else (
-                    "identical" if r["tokens"] == eager else
-                    f"{sum(a == b for x, y in zip(r['tokens'], eager) for a, b in zip(x, y))}/{batch * args.tokens} equal")
+                dtype = "fp32" if "fp32" in variant else "bf16"
+                if variant.startswith("eager"):
+                    eager[dtype] = r["tokens"]
+                ref = eager.get(dtype)
+                same = "-" if ref is None or variant.startswith("eager") else (
+                    "identical" if r["tokens"] == ref else
+                    f"{sum(a == b for x, y in zip(r['tokens'], ref) for a, b in zip(x, y))}/{batch * args.tokens} equal")
                 print(f"{model:8s} {variant:16s} {batch:5d} {r['tok_s']:8.1f} {r['step_ms']:8.2f} "
                       f"{r['compile_s']:9.1f} {r['peak_rss_gb']:12.2f}  {same}", flush=True)
 

@@ -71,7 +71,8 @@ class GemvLinear(nn.Linear):
     MIN_WEIGHTS = 1 << 20
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.numel() != self.in_features or x.dtype != self.weight.dtype or torch.is_grad_enabled():
+        if (x.numel() != self.in_features or x.dtype != self.weight.dtype or torch.is_grad_enabled()
+                or torch.compiler.is_compiling()):  # inductor turns mv into its own, slower loop: keep linear
             return super().forward(x)
         v = x.reshape(-1)
         y = torch.mv(self.weight, v) if self.bias is None else torch.addmv(self.bias, self.weight, v)

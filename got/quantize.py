@@ -44,7 +44,7 @@ class WeightOnlyLinear(nn.Module):
         return bits == 8 or linear.in_features % group_size == 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x2 = x.reshape(-1, self.in_features)
+        x2 = x.reshape(-1, self.in_features).contiguous()  # the kernels take dense rows (a last-token slice is not)
         scales = self.scales.to(x.dtype)
         if self.bits == 8:
             y = torch.ops.aten._weight_int8pack_mm(x2, self.weight_q, scales)

@@ -118,6 +118,8 @@ def test_int4_pads_rows_and_falls_back_to_int8_where_it_cannot_group():
     assert [layer.bits for layer in m] == [4, 4, 8]
     x = torch.randn(3, 64)
     assert m(x).shape == (3, 7)
+    rows = torch.randn(4, 5, 64)[:, -1:]  # the last position of each row, as generate's logits_to_keep slices it
+    assert not rows.reshape(-1, 64).is_contiguous() and m(rows).shape == (4, 1, 7)
     head = torch.nn.Linear(32, 50)
     padded = torch.nn.Linear(32, 64)
     with torch.no_grad():

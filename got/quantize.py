@@ -30,9 +30,7 @@ class WeightOnlyLinear(nn.Module):
         if bits == 4 and w.shape[0] % 16:  # the int4 packing takes rows in 16s: zero rows, cut off in forward
             w = torch.cat([w, w.new_zeros(-w.shape[0] % 16, w.shape[1])])
         q, scales = _quantize_rows(w, bits, group_size)
-        if bits == 4:
-            q = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
-            # the kernel's convention: w = (q - 8) * scale + zero; scales (n, k/g, 2) -> (k/g, n, 2)
+        if bits == 4:  # the kernel's convention: w = (q - 8) * scale + zero; scales (n, k/g, 2) -> (k/g, n, 2)
             scales = scales.transpose(0, 1).contiguous()
         self.register_buffer("weight_q", q)
         self.register_buffer("scales", scales.to(dtype))
@@ -63,12 +61,13 @@ class WeightOnlyLinear(nn.Module):
 def _quantize_rows(w: torch.Tensor, bits: int, group_size: int, chunk: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
     """(q, scales) of a weight, `chunk` output rows at a time: the fp32 working copy is one chunk, never the whole
     matrix (a 151,860 x 1024 head in fp32 is 0.6 GB, and its temporaries would set the process's peak RSS).
-    int8: q (n, k) int8, scales (n,). int4: q (n, k) int32 in 0..15, scales (n, k/g, 2) = (scale, zero)."""
+    int8: q (n, k) int8, scales (n,). int4: q packed for the CPU kernel (n, k/2) uint8 (rows pack independently, so
+    chunks are packed one by one), scales (n, k/g, 2) = (scale, zero)."""
     n, k = w.shape
     if bits == 8:
         q, scales = torch.empty(n, k, dtype=torch.int8), torch.empty(n)
     else:
-        q, scales = torch.empty(n, k, dtype=torch.int32), torch.empty(n, k // group_size, 2)
+        q, scales = torch.empty(n, k // 2, dtype=torch.uint8), torch.empty(n, k // group_size, 2)
     for i in range(0, n, chunk):
         rows = w[i:i + chunk].float()
         if bits == 8:
@@ -79,7 +78,8 @@ def _quantize_rows(w: torch.Tensor, bits: int, group_size: int, chunk: int = 204
             g = rows.reshape(len(rows), k // group_size, group_size)
             lo, hi = g.amin(-1), g.amax(-1)
             scale = (hi - lo).clamp(min=1e-8) / 15
-            q[i:i + chunk] = torch.round((g - lo[..., None]) / scale[..., None]).clamp_(0, 15).reshape(len(rows), k)
+            codes = torch.round((g - lo[..., None]) / scale[..., None]).clamp_(0, 15).to(torch.int32)
+            q[i:i + chunk] = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.reshape(len(rows), k), 1)
             scales[i:i + chunk] = torch.stack([scale, lo + 8 * scale], -1)
     return q, scales
 

@@ -92,3 +92,10 @@ def test_recipe_smoke_profile_runs_every_stage(tmp_path):
         summary = json.loads((tmp_path / f"default_stage{stage}" / "summary.json").read_text())
         assert summary["stage"] == str(stage) and summary["steps"] == 2
     assert GOT.from_pretrained(tmp_path / "default_stage3", dtype="float32").line_model
+    smoke = ["train.max_steps=2", "train.global_batch_size=2", "train.micro_batch_size=2", "train.warmup_steps=1",
+             "data.num_workers=0", "output.save_every=2", "output.log_every=1"]
+    p = subprocess.run(["bash", "scripts/continue_default.sh", *smoke], cwd=REPO, capture_output=True, text=True,
+                       timeout=900, env=env(FROM=str(tmp_path / "default_stage3"), OUT=str(tmp_path), SHIP="0"))
+    assert p.returncode == 0, p.stderr[-4000:]
+    summary = json.loads((tmp_path / "default_continue" / "summary.json").read_text())
+    assert summary["steps"] == 2 and GOT.from_pretrained(tmp_path / "default_continue", dtype="float32").line_model

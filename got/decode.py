@@ -71,12 +71,26 @@ class GemvLinear(nn.Linear):
     MIN_WEIGHTS = 1 << 20
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (x.numel() != self.in_features or x.dtype != self.weight.dtype or torch.is_grad_enabled()
-                or torch.compiler.is_compiling()):  # inductor turns mv into its own, slower loop: keep linear
+        if x.numel() != self.in_features or x.dtype != self.weight.dtype or torch.is_grad_enabled():
             return super().forward(x)
-        v = x.reshape(-1)
-        y = torch.mv(self.weight, v) if self.bias is None else torch.addmv(self.bias, self.weight, v)
-        return y.reshape(*x.shape[:-1], self.out_features)
+        # compiled: an opaque op, since inductor would lower mv into a generated loop slower than the library's
+        product = gemv_op if torch.compiler.is_compiling() else _gemv
+        return product(self.weight, x.reshape(-1), self.bias).reshape(*x.shape[:-1], self.out_features)
+
+
+def _gemv(weight: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return torch.mv(weight, x) if bias is None else torch.addmv(bias, weight, x)
+
+
+@torch.library.custom_op("got::gemv", mutates_args=())
+def gemv_op(weight: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """`_gemv` as an op the compiler calls as it is."""
+    return _gemv(weight, x, bias)
+
+
+@gemv_op.register_fake
+def _(weight: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return x.new_empty(weight.shape[0])
 
 
 class ChunkedKVLayer(DynamicLayer):

@@ -151,3 +151,7 @@ def test_gemv_linear_equals_linear_and_keeps_the_state_dict():
             x = torch.randn(1, 96, dtype=dtype, requires_grad=True)
             fast(x).sum().backward()  # training: nn.Linear's path, gradients flow
             assert x.grad is not None
+    compiled = torch.compile(fast, backend="aot_eager", fullgraph=True)  # the product is one opaque op there
+    with torch.no_grad():
+        x = torch.randn(1, 1, 96)
+        assert torch.equal(compiled(x), ref(x))

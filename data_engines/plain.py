@@ -52,6 +52,7 @@ class Style:
     heading_ink: tuple[int, int, int]
     header: bool
     page_number: bool
+    technical: float = 0.0  # share of words that are identifiers, options, paths (text.technical_token)
 
 
 @dataclass
@@ -86,7 +87,7 @@ def random_style(rng: random.Random, lang: str, size: tuple[int, int], font_size
                  ink, paper, heading_family, heading_ink, rng.random() < 0.25, rng.random() < 0.35)
 
 
-def _blocks(rng: random.Random, lang: str):
+def _blocks(rng: random.Random, lang: str, technical: float = 0.0):
     """Endless stream of (kind, level, text): paragraphs with a heading now and then."""
     last = "heading"
     while True:
@@ -95,7 +96,7 @@ def _blocks(rng: random.Random, lang: str):
             yield "heading", 2, T.heading(rng, lang)
         else:
             last = "text"
-            yield "text", 0, T.paragraph(rng, lang)
+            yield "text", 0, T.paragraph(rng, lang, technical=technical)
 
 
 def layout_page(rng: random.Random, style: Style, size: tuple[int, int], *, title: bool | None = None,
@@ -144,7 +145,7 @@ def layout_page(rng: random.Random, style: Style, size: tuple[int, int], *, titl
     hf = T.get_font(style.heading_family, hsize)
     htop, hbot = T.ink_extent(hf)
     hpitch = max(round(hsize * 1.3), hbot - htop + 2)
-    for kind, _, content in _blocks(rng, lang):
+    for kind, _, content in _blocks(rng, lang, style.technical):
         if col >= style.columns or (max_chars is not None and n_chars >= max_chars):
             break
         if kind == "heading":
@@ -226,17 +227,23 @@ class PlainEngine:
     "page_line" (a line of a page cut the way got.layout cuts pages for a text-line model; never drawn by None);
     format_prob: share of pages / paragraphs whose target is markdown with the "OCR with format: " query;
     max_units: the longest line slice in words (characters for Chinese; default 12 / 24): short slices are the
-    easy start of a curriculum.
+    easy start of a curriculum;
+    technical: share of English words replaced by identifiers, options, paths, versions (manuals, code docs);
+    bold: share of line slices (line, page_line) set in the bold face of their family.
     """
     name = "plain"
 
     def __init__(self, lang: str | None = None, layout: str | None = None, format_prob: float = 0.2,
-                 max_units: int | None = None):
+                 max_units: int | None = None, technical: float = 0.0, bold: float = 0.0):
         T.check_choice("plain", "lang", lang, T.LANGS)
         T.check_choice("plain", "layout", layout, LAYOUTS)
         if max_units is not None and (isinstance(max_units, bool) or not isinstance(max_units, int) or max_units < 1):
             raise ValueError(f"plain: max_units must be a whole number >= 1, got {max_units!r}")
+        for key, share in (("technical", technical), ("bold", bold)):
+            if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:
+                raise ValueError(f"plain: {key} must be a share between 0 and 1, got {share!r}")
         self.lang, self.layout, self.format_prob, self.max_units = lang, layout, format_prob, max_units
+        self.technical, self.bold = float(technical), float(bold)
 
     def render(self, rng: random.Random) -> Sample:
         from got.prompts import build_query
@@ -244,17 +251,19 @@ class PlainEngine:
         lang = self.lang or rng.choice(T.LANGS)
         layout = self.layout or rng.choices(LAYOUTS[:3], [0.5, 0.25, 0.25])[0]
         if layout in ("line", "page_line"):
-            img, text = render_line(rng, lang, max_units=self.max_units) if layout == "line" \
-                else render_page_line(rng, lang)
+            img, text = render_line(rng, lang, max_units=self.max_units, technical=self.technical, bold=self.bold) \
+                if layout == "line" else render_page_line(rng, lang, technical=self.technical, bold=self.bold)
             return Sample([img], conversation(build_query("plain"), text), {"lang": lang, "layout": layout})
         markdown = rng.random() < self.format_prob
         if layout == "page":
             size = page_size(rng)
-            page = layout_page(rng, random_style(rng, lang, size), size)
+            style = random_style(rng, lang, size)
+            style.technical = self.technical
+            page = layout_page(rng, style, size)
             img = draw_page(page)
             lines = page.lines
         else:
-            img, lines = render_paragraph(rng, lang)
+            img, lines = render_paragraph(rng, lang, technical=self.technical)
         query = build_query("format" if markdown else "plain")
         return Sample([img], conversation(query, lines_text(lines, markdown)),
                       {"lang": lang, "layout": layout, "n_lines": len(lines)})
@@ -268,11 +277,14 @@ def _slice_colors(rng: random.Random) -> tuple[tuple[int, int, int], tuple[int, 
 
 
 def render_line(rng: random.Random, lang: str, size: tuple[int, int] = (16, 48), family: str | None = None,
-                max_units: int | None = None) -> tuple[Image.Image, str]:
+                max_units: int | None = None, technical: float = 0.0, bold: float = 0.0) -> tuple[Image.Image, str]:
     """One text line cropped with a small random margin (a PP-OCR recognition-style slice); `family` fixes the
     font (held-out evaluation sets use fonts no training mix draws)."""
-    font = T.get_font(family or rng.choice(T.BODY_FAMILIES[lang]), rng.randint(*size))
-    text = T.snippet(rng, lang, max_units or (12 if lang == "en" else 24))
+    family = family or rng.choice(T.BODY_FAMILIES[lang])
+    if bold and rng.random() < bold:
+        family = T.BOLD_FAMILY.get(family, family)
+    font = T.get_font(family, rng.randint(*size))
+    text = T.snippet(rng, lang, max_units or (12 if lang == "en" else 24), technical)
     top, bot = T.ink_extent(font)
     pad_x, pad_y = rng.randint(2, font.size), rng.randint(2, max(3, font.size // 3))
     w = round(T.text_width(font, text)) + 2 * pad_x
@@ -282,11 +294,14 @@ def render_line(rng: random.Random, lang: str, size: tuple[int, int] = (16, 48),
     return img, text
 
 
-def render_page_line(rng: random.Random, lang: str) -> tuple[Image.Image, str]:
+def render_page_line(rng: random.Random, lang: str, technical: float = 0.0, bold: float = 0.0) -> tuple[Image.Image, str]:
     """One line of a laid-out page (body text, heading, title, running header or page number, in the page's small
     print), cut with the margins got.layout.line_segments leaves (jittered): what a line model sees of a page."""
     size = page_size(rng)
     style = random_style(rng, lang, size)
+    style.technical = technical
+    if bold and rng.random() < bold:
+        style.family = T.BOLD_FAMILY.get(style.family, style.family)
     page = layout_page(rng, style, size, max_chars=rng.randint(80, 600))
     line = rng.choice(page.lines)
     x0, y0, x1, y1 = line.box
@@ -298,11 +313,13 @@ def render_page_line(rng: random.Random, lang: str) -> tuple[Image.Image, str]:
     return img, line.text
 
 
-def render_paragraph(rng: random.Random, lang: str, family: str | None = None) -> tuple[Image.Image, list[Line]]:
+def render_paragraph(rng: random.Random, lang: str, family: str | None = None,
+                     technical: float = 0.0) -> tuple[Image.Image, list[Line]]:
     """A paragraph (optionally under a heading) set in a narrow box and cropped: a paragraph slice."""
     fs = rng.randint(14, 30)
     width = rng.randint(fs * (14 if lang == "en" else 9), fs * (40 if lang == "en" else 30))
     style = random_style(rng, lang, (width, 10 ** 5), font_size=fs, columns=1)
+    style.technical = technical
     if family:
         style.family = style.heading_family = family
     ink, paper = _slice_colors(rng)

@@ -120,8 +120,41 @@ def _entity(rng: random.Random, lang: str) -> str:
     return f.date(pattern=rng.choice(["%B %d, %Y", "%Y-%m-%d", "%d %b %Y"]))
 
 
-def sentence(rng: random.Random, lang: str) -> str:
-    """One sentence with punctuation, capitals, names and numbers."""
+_EXTS = ("c", "h", "py", "txt", "conf", "pdf", "html", "json", "sh", "xml", "md", "log")
+
+
+def technical_token(rng: random.Random) -> str:
+    """What manuals and reports print that prose does not: identifiers (snake_case, CONSTANTS, CamelCase, calls,
+    dotted names), command-line options, paths, file names, versions, section and figure references, hex numbers."""
+    ws = [w[:rng.randint(3, 8)] if rng.random() < 0.3 else w for w in words(rng, "en", rng.randint(2, 4))]
+    kind = rng.randrange(10)
+    if kind == 0:
+        return rng.choice(["", "", "glp_", "lib", "py_", "x"]) + "_".join(ws)
+    if kind == 1:
+        return "_".join(ws).upper()
+    if kind == 2:
+        return "".join(w.capitalize() for w in ws)
+    if kind == 3:
+        args = rng.choice(["", "", "x", "n, k", "self", "*args", "const char *s"])
+        return ("_".join(ws) if rng.random() < 0.6 else ws[0] + "".join(w.capitalize() for w in ws[1:])) + f"({args})"
+    if kind == 4:
+        return ".".join(ws)
+    if kind == 5:
+        return "--" + "-".join(ws[:2]) if rng.random() < 0.7 else "-" + rng.choice("abcdefhlnoqrsvxyzACDEFLRSV")
+    if kind == 6:
+        return rng.choice(["/usr/share/doc/", "/etc/", "/usr/lib/", "~/", "./", "/var/log/"]) + "/".join(ws[:2]) \
+            + ("." + rng.choice(_EXTS) if rng.random() < 0.5 else "")
+    if kind == 7:
+        return ws[0] + "." + rng.choice(_EXTS)
+    if kind == 8:
+        nums = ".".join(str(rng.randint(0, 12)) for _ in range(rng.randint(2, 3)))
+        return rng.choice(["{}", "v{}", "Section {}", "§{}", "Fig. {}", "Table {}", "({})"]).format(nums)
+    return "0x" + "".join(rng.choice("0123456789ABCDEF") for _ in range(rng.choice([2, 4, 8])))
+
+
+def sentence(rng: random.Random, lang: str, technical: float = 0.0) -> str:
+    """One sentence with punctuation, capitals, names and numbers; `technical` is the share of words replaced by
+    technical tokens (identifiers, options, paths: see technical_token), English only."""
     if lang == "zh":
         return _sentence_zh(rng)
     if rng.random() < 0.15:  # Faker's own English sentences: a second word distribution
@@ -131,7 +164,9 @@ def sentence(rng: random.Random, lang: str) -> str:
     for i, w in enumerate(ws):
         if w == "i":
             w = "I"
-        if rng.random() < 0.08:
+        if technical and rng.random() < technical:
+            w = technical_token(rng)
+        elif rng.random() < 0.08:
             w = _entity(rng, "en")
         if i < len(ws) - 1 and rng.random() < 0.07:
             w += rng.choice([",", ",", ",", ";", ":"])
@@ -159,9 +194,9 @@ def _sentence_zh(rng: random.Random) -> str:
     return "".join(out) + rng.choices(["。", "？", "！"], [0.9, 0.06, 0.04])[0]
 
 
-def paragraph(rng: random.Random, lang: str, n_sentences: int | None = None) -> str:
+def paragraph(rng: random.Random, lang: str, n_sentences: int | None = None, technical: float = 0.0) -> str:
     n = n_sentences or rng.randint(2, 7)
-    return ("" if lang == "zh" else " ").join(sentence(rng, lang) for _ in range(n))
+    return ("" if lang == "zh" else " ").join(sentence(rng, lang, technical) for _ in range(n))
 
 
 _ZH_NUM = "一二三四五六七八九十"
@@ -188,9 +223,9 @@ def heading(rng: random.Random, lang: str, numbered: bool | None = None) -> str:
                        f"Chapter {rng.randint(1, 20)}: {body}", f"Section {rng.randint(1, 12)} {body}"])
 
 
-def snippet(rng: random.Random, lang: str, max_units: int) -> str:
+def snippet(rng: random.Random, lang: str, max_units: int, technical: float = 0.0) -> str:
     """A piece of a sentence (1..max_units words, or characters for Chinese): what a text-line slice shows."""
-    s = sentence(rng, lang)
+    s = sentence(rng, lang, technical)
     if lang == "zh":
         n = rng.randint(min(2, len(s)), min(max_units, len(s)))
         start = rng.randint(0, len(s) - n)

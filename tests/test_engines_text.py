@@ -321,3 +321,35 @@ def test_stream_workers_share_the_global_stream():
         assert it["images"][0].tobytes() == sample.images[0].tobytes()
     ranks = [list(EngineStream("plain", seed=0, rank=r, world_size=2, limit=6).indices()) for r in range(2)]
     assert ranks == [[0, 2, 4], [1, 3, 5]]
+
+
+def test_technical_text_and_bold_lines(tmp_path):
+    """technical= puts identifiers, options and paths into the text (what manuals print); bold= sets line slices
+    in a bold face. Both are off by default and then draw nothing from the stream, so existing seeds (and the
+    held-out sets built from them) do not change. Tesseract reads the technical lines back."""
+    rng = random.Random(3)
+    tokens = [T.technical_token(rng) for _ in range(200)]
+    assert sum("_" in t for t in tokens) > 20 and any(t.startswith("--") for t in tokens)
+    assert any(t.startswith("/") for t in tokens) and any(t.endswith(")") for t in tokens)
+    assert T.sentence(random.Random(5), "en") == T.sentence(random.Random(5), "en", technical=0.0)
+    plain = PlainEngine(lang="en", layout="line").render(random.Random(9)).conversations[1]["value"]
+    assert plain == PlainEngine(lang="en", layout="line", technical=0.0, bold=0.0).render(
+        random.Random(9)).conversations[1]["value"]
+    engine = PlainEngine(lang="en", layout="page_line", technical=0.3, bold=1.0)
+    samples = [engine.render(random.Random(f"tech:{i}")) for i in range(N_LINES)]
+    assert sum(any(c in s.conversations[1]["value"] for c in "_/()") for s in samples) >= N_LINES // 3
+    with pytest.raises(ValueError, match="technical must be a share"):
+        PlainEngine(technical=2)
+    if not shutil.which("tesseract"):
+        pytest.skip("tesseract is not installed")
+    errors = chars = 0
+    for i, s in enumerate(samples):
+        path = tmp_path / f"{i}.png"
+        _for_tesseract(s.images[0]).save(path)
+        out = subprocess.run(["tesseract", str(path), "stdout", "--psm", "7"], capture_output=True, text=True,
+                             env={"OMP_THREAD_LIMIT": "1", "PATH": "/usr/bin:/bin"}).stdout
+        truth = _norm(s.conversations[1]["value"], "en")
+        errors += Levenshtein.distance(_norm(out, "en"), truth)
+        chars += len(truth)
+    print(f"technical lines: Tesseract CER {errors / chars:.4f} over {chars} chars")
+    assert errors / chars <= 0.05, f"technical lines: Tesseract CER {errors / chars:.3f}"

@@ -34,13 +34,13 @@ def held_out_page(seed: int, columns: int, family: str, size=(900, 700), font_si
 
 
 def test_reads_fresh_lines(model):
-    """The target is 3% CER; the shipped model reads these 20 lines at 3.9% (200 held-out lines: 6.5%,
-    docs/default_model.md), so this bound guards what it does, and the card reports the gap."""
+    """The target: 3% CER. The shipped model reads these 20 lines at 1.0% (200 held-out lines: 3.6%,
+    docs/default_model.md)."""
     rng = random.Random(SEED)
     lines = [render_line(rng, "en") for _ in range(20)]
     reads = model.chat_batch([im for im, _ in lines], batch_size=10)
     errors = sum(cer(r, t) * len(t) for r, (_, t) in zip(reads, lines))
-    assert errors / sum(len(t) for _, t in lines) <= 0.05, list(zip(reads, [t for _, t in lines]))
+    assert errors / sum(len(t) for _, t in lines) <= 0.03, list(zip(reads, [t for _, t in lines]))
 
 
 def test_reads_a_paragraph_in_an_unseen_font(model):

@@ -83,28 +83,50 @@ class Segment:
 
 def line_segments(image: Image.Image, region: Sequence[float] | None = None,
                   max_aspect: float | None = None) -> list[Segment]:
-    """The page (or `region` x0,y0,x1,y1 of it) as line segments in reading order, each with a margin of a
-    sixth of its height above and below and half its height left and right (what line slices are trained with).
-    With `max_aspect`, a segment wider than that many times its height is cut at word gaps (a line model's input
-    holds a bounded number of characters)."""
+    """The page (or `region` x0,y0,x1,y1 of it) as line segments in reading order, each spanning at least its
+    font's height (see _font_extent) with a margin of a sixth of that above and below and half of it left and
+    right (what line slices are trained with). With `max_aspect`, a segment wider than that many times its height
+    is cut at word gaps (a line model's input holds a bounded number of characters)."""
     ox, oy = 0, 0
     if region is not None:
         x0, y0, x1, y1 = (int(round(v)) for v in region)
         image, ox, oy = image.crop((x0, y0, x1, y1)), x0, y0
     out = []
-    ink = ink_mask(np.asarray(image.convert("L"))) if max_aspect else None
+    ink = ink_mask(np.asarray(image.convert("L")))
     for i, line in enumerate(reading_order(find_text_boxes(image))):
         for seg in line:
             x0, y0 = min(r[0] for r in seg), min(r[1] for r in seg)
             x1, y1 = max(r[2] for r in seg), max(r[3] for r in seg)
-            hgt = y1 - y0
-            if hgt < 6 or x1 - x0 < 4:  # a few pixels: noise, never a readable line
+            if y1 - y0 < 6 or x1 - x0 < 4:  # a few pixels: noise, never a readable line
                 continue
+            y0, y1 = _font_extent(ink, (int(x0), int(y0), int(math.ceil(x1)), int(math.ceil(y1))))
+            hgt = y1 - y0
             box = (max(0, int(x0 - hgt / 2)), max(0, int(y0 - hgt / 6)),
                    min(image.width, int(math.ceil(x1 + hgt / 2))), min(image.height, int(math.ceil(y1 + hgt / 6))))
             for b in _cut_wide(ink, box, max_aspect) if max_aspect else [box]:
                 out.append(Segment((b[0] + ox, b[1] + oy, b[2] + ox, b[3] + oy), i))
     return out
+
+
+def _font_extent(ink: np.ndarray, box: tuple[int, int, int, int]) -> tuple[float, float]:
+    """The segment's rows widened to its font's full height: 1.5 x-heights above the baseline and 0.5 below.
+
+    A line without ascenders or descenders ("was", "one more") has ink only an x-height tall; cut to its ink and
+    scaled to the model's line height, its letters come out twice the size of every trained line (whose crops
+    span the font's ascenders and descenders whatever the text) and read as other letters. The x-height is the
+    lower quartile of the letters' heights (most lowercase letters are x-height tall; dots and commas aside),
+    the baseline the median of their bottoms. Latin metrics: a script of equal-height glyphs (Chinese) gets
+    taller crops than it needs."""
+    x0, y0, x1, y1 = box
+    labels, n = ndimage.label(ink[y0:y1, x0:x1], structure=np.ones((3, 3)))
+    if n == 0:
+        return float(y0), float(y1)
+    spans = [(s[0].start, s[0].stop) for s in ndimage.find_objects(labels)]
+    tallest = max(b - a for a, b in spans)
+    letters = [(a, b) for a, b in spans if b - a >= 0.4 * tallest]
+    xh = float(np.percentile([b - a for a, b in letters], 25))
+    base = y0 + float(np.median([b for _, b in letters]))
+    return min(float(y0), base - 1.5 * xh), max(float(y1), base + 0.5 * xh)
 
 
 def _cut_wide(ink: np.ndarray, box: tuple[int, int, int, int], max_aspect: float) -> list[tuple[int, int, int, int]]:

@@ -4,11 +4,12 @@ import json
 import sys
 
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
+from data_engines.fonts import load_font
 from eval_helpers import LINES, render_line, train_tiny, write_line_set
 from got import evaluate as E
-from got.layout import reading_order
+from got.layout import line_segments, reading_order
 from got.peers import TesseractPeer, make_peer, peer_images
 from got.cli import main
 
@@ -153,6 +154,24 @@ def test_reading_order_columns_and_segments():
     assert lines == [[[heading]], [[col1[0]]], [[col1[1]]], [[col1[2]]], [[col2[0]]], [[col2[1]]],
                      [footer], [[table[0]], [table[1]]]]
     assert reading_order([]) == []
+
+
+def test_line_crops_span_the_font_not_the_ink():
+    """A word without ascenders or descenders ("was") is cut as tall as a full line of the same font (a line
+    model scales every crop to one height: cut to its ink, "was" came out twice the trained size and read as
+    "W74,4"); the baseline sits where it sits in a full line."""
+    for family in ("sans", "serif"):
+        crops = {}
+        for text in ("was", "Happy jumps"):
+            image = Image.new("RGB", (400, 120), "white")
+            font = load_font(family, 40)
+            ImageDraw.Draw(image).text((50, 80), text, fill="black", font=font, anchor="ls")
+            (seg,) = line_segments(image)
+            crops[text] = seg.box
+        short, full = crops["was"], crops["Happy jumps"]
+        tol = 0.1 * (full[3] - full[1])  # was: 0.5 (the ink of "was" is an x-height tall)
+        assert abs((short[3] - short[1]) - (full[3] - full[1])) <= tol, crops
+        assert abs(short[1] - full[1]) <= tol and abs(short[3] - full[3]) <= tol, crops
 
 
 @pytest.fixture(scope="module")

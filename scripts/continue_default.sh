@@ -2,7 +2,7 @@
 # Continue training the default model from a finished model (weights only; a fresh optimizer and schedule), on
 # stage 2's mix with everything trainable (configs/default/continue.yaml), then ship it as scripts/train_default.sh
 # does: bf16 export to got/assets/default and the choice of reader (decoder or CTC head). Resumable: rerun it.
-#   scripts/continue_default.sh                       from the shipped model, 3000 x 16 lines (about 80 min, 2 cores)
+#   scripts/continue_default.sh                       from the shipped model, 2600 x 16 lines (about 65 min, 2 cores)
 #   FROM=runs/my_model scripts/continue_default.sh    from another model directory
 #   PROFILE=gpu scripts/continue_default.sh           16x the batch
 # OUT=dir puts the run dir under dir (default runs/); SHIP=0 skips the export; extra KEY=VALUE args go to the trainer.

@@ -10,7 +10,7 @@ level runs `clients` threads, each sending pages one after another until --reque
 been answered, and reports pages/s, p50 / p99 latency, the queue depth seen on /health, 503s (retried after
 Retry-After), errors, client-side timeouts and the server's peak RSS (VmHWM). Then:
 - late arrival: the time to the first streamed text of one request sent alone, and of one sent while a batch
-  of `--late-batch` requests decodes (what the lack of continuous batching costs a late request);
+  of `--late-batch` requests decodes (what joining a running batch costs a late request);
 - soak: --soak requests from 16 clients; RSS after a warm-up of 10% of them and after all of them.
 Whole-page answers by default (--new-tokens page: the page's own text in tokens, as a trained model answers it);
 random weights do not stop on their own, so each answer runs to its limit. Results: one JSON line per row on

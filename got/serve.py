@@ -83,10 +83,10 @@ class Metrics:
         self.latency = Histogram("got_request_seconds", "request latency, streamed requests to their last byte",
                                  ["route"], registry=r,
                                  buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128, 300))
-        self.batch = Histogram("got_batch_size", "rows (pages) per decoded batch", registry=r,
+        self.batch = Histogram("got_batch_size", "rows (pages) per decode step", registry=r,
                                buckets=(1, 2, 4, 8, 16, 32, 64, 128))
         self.tokens = Counter("got_generated_tokens", "tokens generated", registry=r)
-        self.tokens_per_second = Gauge("got_tokens_per_second", "tokens/s of the last batch", registry=r)
+        self.tokens_per_second = Gauge("got_tokens_per_second", "tokens/s of the last decode step", registry=r)
         self.pages = Counter("got_pages", "pages answered", registry=r)
         self.stopped = Counter("got_stopped_requests", "requests stopped before their answer", ["reason"], registry=r)
         self.queue = Gauge("got_queue_depth", "requests waiting for the model", registry=r)
@@ -325,10 +325,11 @@ class Server:
                                   f"(queue size {self.batcher.queue_size}); retry later", self.retry_headers())
 
     def retry_headers(self) -> dict[str, str]:
-        """Retry-After = the measured time the queue ahead needs (mean seconds per batch x batches waiting),
-        at least `settings.retry_after`: clients told the truth come back when there is room, not every 2 s."""
-        st, b = self.batcher.stats, self.batcher
-        wait = st.busy_seconds / st.batches * math.ceil(b.depth / b.max_batch) if st.batches else 0.0
+        """Retry-After = the measured time the queue ahead needs (worker seconds per answered row x requests
+        waiting), at least `settings.retry_after`: clients told the truth come back when there is room, not every
+        2 s."""
+        b = self.batcher
+        wait = b.seconds_per_row() * b.depth
         return {"retry-after": str(max(self.settings.retry_after, min(MAX_RETRY_AFTER, math.ceil(wait))))}
 
     def submit(self, prompts: list, max_new_tokens: int, stream: bool):

@@ -128,11 +128,68 @@ def test_worker_batches_waiting_requests_with_their_own_limits(got):
             time.sleep(0.02)
     finally:
         batcher.close()
-    assert dict(batcher.stats.batch_sizes) == {4: 1}
+    assert dict(batcher.stats.batch_sizes) == {4: 1}  # admitted together
     for i, (im, n) in enumerate(zip(images, limits)):
         [(kind, _, answer)] = got_events[i]
         assert kind == "answer" and answer.tokens == n and answer.finish == "length"
         assert answer.text == got.chat(im, max_new_tokens=n)
+
+
+def test_rows_join_and_leave_between_steps_with_the_answers_of_got_chat(got):
+    """Continuous batching: rows admitted while others decode (different prompt lengths, so their caches are
+    padded in), rows leaving at their own limits; every answer is GOT.chat's for the same input."""
+    from got.batcher import DecodeBatch
+
+    images = [noise(200 + 40 * i, 160 + 20 * i, 40 + i) for i in range(4)]
+    prompts = [got.prepare(im)[0] for im in images]
+    prompts[3] = got.prepare(images[3], box=(10, 10, 150, 120))[0]  # a longer prompt (the box in the query)
+    limits = [24, 6, 12, 16]
+    batch, done = DecodeBatch(got), {}
+    joins = {0: [0], 3: [1, 2], 7: [3]}  # step -> rows admitted before it
+    step = 0
+    while len(done) < 4:
+        if step in joins:
+            batch.admit([prompts[i] for i in joins[step]], [limits[i] for i in joins[step]], joins[step])
+        finished = [s for s in batch.seqs if s.finish]
+        for seq in finished:
+            done[seq.tag] = batch.answer(seq)
+        batch.drop(finished)
+        if len(batch):
+            batch.step()
+        step += 1
+    for i, im in enumerate(images):
+        options = {"box": (10, 10, 150, 120)} if i == 3 else {}
+        assert done[i].text == got.chat(im, max_new_tokens=limits[i], **options), i
+        assert done[i].tokens <= limits[i]
+    assert batch.cache is None and len(batch) == 0
+
+
+def test_a_late_request_starts_before_the_running_batch_ends(got):
+    """A request sent while another decodes gets its answer at the next steps, not after the long one."""
+    order, seen = [], {}
+
+    def emit(key):
+        def f(kind, k, payload):
+            seen.setdefault(key, []).append(kind)
+            if kind == "answer":
+                order.append(key)
+        return f
+
+    batcher = Batcher(got, max_batch=4, queue_size=4, window=0).start()
+    image = noise(200, 200, 50)
+    try:
+        long_job = Job(got.prepare(image), 200, emit("long"), stream=True)
+        batcher.submit(long_job)
+        deadline = time.monotonic() + 120
+        while not seen.get("long") and time.monotonic() < deadline:  # the long row is decoding
+            time.sleep(0.005)
+        batcher.submit(Job(got.prepare(noise(180, 220, 51)), 4, emit("late")))
+        while len(order) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        batcher.close()
+    assert order[0] == "late", order
+    assert batcher.stats.batch_sizes[1] == 2  # admitted one by one, into one running batch
 
 
 def test_queue_bound_and_cancelled_rows_leave_the_batch(got):
@@ -153,7 +210,8 @@ def test_queue_bound_and_cancelled_rows_leave_the_batch(got):
         while not got_events.get("long") and time.monotonic() < deadline:  # the first streamed piece
             time.sleep(0.01)
         long_job.cancel()
-        while "stopped" not in [e[0] for e in got_events.get("long", [])] and time.monotonic() < deadline:
+        while ("stopped" not in [e[0] for e in got_events.get("long", [])] or "mate" not in got_events) \
+                and time.monotonic() < deadline:
             time.sleep(0.01)
     finally:
         batcher.close()
@@ -400,8 +458,8 @@ def test_full_queue_refuses_before_the_upload_is_read(got, monkeypatch):
         assert b"busy" in sent[1]["body"]
     assert not reads
     server = app.state.server
-    server.batcher.stats.batches, server.batcher.stats.busy_seconds = 2, 30.0  # 15 s per batch measured
-    monkeypatch.setattr(Batcher, "depth", property(lambda self: 20))  # 20 waiting at 16 a batch: two batches
+    server.batcher.stats.rows, server.batcher.stats.busy_seconds = 32, 48.0  # 1.5 s per answered row measured
+    monkeypatch.setattr(Batcher, "depth", property(lambda self: 20))  # 20 waiting: 30 s of the worker's time
     assert server.retry_headers() == {"retry-after": "30"}
     monkeypatch.setattr(Batcher, "depth", property(lambda self: 10_000))
     assert server.retry_headers() == {"retry-after": "60"}  # capped: a client is never told to wait for ages

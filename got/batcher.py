@@ -233,6 +233,35 @@ class DecodeBatch:
 
 
 # ---- the worker ---------------------------------------------------------------------------------------------------
+def _glibc():
+    """The C library when it is glibc (malloc_trim / mallopt), else None."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") and hasattr(libc, "mallopt") else None
+    except OSError:
+        return None
+
+
+def limit_malloc_arenas(n: int = 2) -> None:
+    """At most `n` glibc malloc arenas for the threads started after this (the server's preparation threads).
+
+    glibc gives each new thread its own arena, up to 8 per core; pages prepared in one thread and freed in another
+    leave every arena partly used, and a server's RSS creeps up over hundreds of requests (docs/serving.md)."""
+    libc = _glibc()
+    if libc is not None:
+        libc.mallopt(-8, n)  # M_ARENA_MAX
+
+
+def release_memory() -> None:
+    """Give freed heap pages back to the system (glibc's malloc_trim); called when the worker goes idle."""
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
 @dataclass
 class Stats:
     """What /metrics and Retry-After read about the worker (read without the lock: plain numbers)."""
@@ -322,10 +351,18 @@ class Batcher:
         """Rows to start now: a line-route page alone, or waiting decoder rows for the batch's free places."""
         batch = self._batch
         with self._cond:
+            if not self._rows and not len(batch) and not self._stop:
+                release_memory()  # idle: what the last requests freed goes back to the system
             while not self._rows and not len(batch) and not self._stop:
                 self._cond.wait()
-            if self._stop:
-                return None
+            stopping = self._stop
+        if stopping:  # close(): running rows end as "stopped" (their jobs were cancelled)
+            seqs = list(batch.seqs)
+            batch.drop(seqs)
+            for seq in seqs:
+                self._finish_row(seq.tag, None)
+            return None
+        with self._cond:
             if not len(batch) and self.window > 0 and len(self._rows) < self.max_batch:
                 end = time.monotonic() + self.window  # an idle worker lets requests sent together arrive together
                 while len(self._rows) < self.max_batch and (left := end - time.monotonic()) > 0:

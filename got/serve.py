@@ -828,6 +828,9 @@ def cli_main(args: argparse.Namespace) -> int:
     from got.checks import check_device
     from got.inference import model_from_args
 
+    from got.batcher import limit_malloc_arenas
+
+    limit_malloc_arenas()  # before any thread starts
     settings = settings_from_args(args)
     port = parse_int("--port", args.port, minimum=0, maximum=65535)
     device = check_device("--device", args.device)

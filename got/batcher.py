@@ -12,6 +12,7 @@ model) is read between two steps, its crops batched inside `GOT.generate`.
 from __future__ import annotations
 
 import collections
+import functools
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -110,9 +111,11 @@ class DecodeBatch:
     def _cache(self):
         return ChunkedKVCache() if self.got.device.type == "cpu" else DynamicCache()
 
-    def _kv(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        n = self.cache.get_seq_length()
-        return [(layer.keys[..., :n, :], layer.values[..., :n, :]) for layer in self.cache.layers]
+    @staticmethod
+    def _kv(cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Each layer's filled (keys, values)."""
+        n = cache.get_seq_length()
+        return [(layer.keys[..., :n, :], layer.values[..., :n, :]) for layer in cache.layers]
 
     def _rebuild(self, kv: list[tuple[torch.Tensor, torch.Tensor]], mask: torch.Tensor) -> None:
         """A fresh cache holding `kv`, with the columns no row uses any more (leading pads of all rows) cut."""
@@ -144,8 +147,7 @@ class DecodeBatch:
                 seq.streamer.put(torch.tensor(p.input_ids))  # a streamer skips the prompt, as in generate()
             new.append(seq)
         if self.seqs:  # pad both caches to one width on the left, rows of the new after the running
-            old_kv, new_kv = self._kv(), [(layer.keys[..., :ids.shape[1], :], layer.values[..., :ids.shape[1], :])
-                                         for layer in cache.layers]
+            old_kv, new_kv = self._kv(self.cache), self._kv(cache)
             width = max(self.mask.shape[1], mask.shape[1])
             pad = lambda t: torch.nn.functional.pad(t, (0, 0, width - t.shape[-2], 0))  # noqa: E731
             kv = [(torch.cat([pad(ko), pad(kn)]), torch.cat([pad(vo), pad(vn)]))
@@ -190,7 +192,7 @@ class DecodeBatch:
             self.cache = self.mask = None
             return
         index = torch.tensor(keep, device=self.got.device)
-        self._rebuild([(k.index_select(0, index), v.index_select(0, index)) for k, v in self._kv()],
+        self._rebuild([(k.index_select(0, index), v.index_select(0, index)) for k, v in self._kv(self.cache)],
                       self.mask[keep])
 
     def _choose(self, seqs: Sequence[Seq], logits: torch.Tensor) -> list[int]:
@@ -233,8 +235,10 @@ class DecodeBatch:
 
 
 # ---- the worker ---------------------------------------------------------------------------------------------------
+@functools.cache
 def _glibc():
-    """The C library when it is glibc (malloc_trim / mallopt), else None."""
+    """The C library when it is glibc (malloc_trim / mallopt), else None. Cached: find_library runs ldconfig, and
+    release_memory is called every time the worker goes idle."""
     import ctypes
     import ctypes.util
 

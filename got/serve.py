@@ -825,10 +825,9 @@ def check_address(host: str, port: int) -> None:
 def cli_main(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from got.batcher import limit_malloc_arenas
     from got.checks import check_device
     from got.inference import model_from_args
-
-    from got.batcher import limit_malloc_arenas
 
     limit_malloc_arenas()  # before any thread starts
     settings = settings_from_args(args)

@@ -47,6 +47,7 @@ class VisionConfig:
     qkv_bias: bool = True
     neck_stride: int | tuple[int, int] = 2
     ctc_charset: str = ""
+    ctc_frames: int = 1  # CTC frames per token: 2 halves the frame to 4 px, room for "ll" and thin letters
     ctc_answers: bool = False  # a line model whose CTC head reads better than its decoder answers with the head
 
     def __post_init__(self) -> None:
@@ -70,6 +71,8 @@ class VisionConfig:
             raise ValueError(f"vision.ctc_charset needs a one-row token grid; this one is {self.tokens_hw}")
         if len(set(self.ctc_charset)) != len(self.ctc_charset):
             raise ValueError("vision.ctc_charset repeats a character")
+        if self.ctc_frames < 1:
+            raise ValueError(f"vision.ctc_frames must be at least 1, got {self.ctc_frames}")
         if self.ctc_answers and not self.ctc_charset:
             raise ValueError("vision.ctc_answers needs a CTC head (vision.ctc_charset)")
 
@@ -169,7 +172,7 @@ class GOTConfig:
         for k in ("image_size", "neck_stride"):
             if not isinstance(d["vision"][k], int):
                 d["vision"][k] = list(d["vision"][k])
-        for k, default in (("neck_stride", 2), ("ctc_charset", ""), ("ctc_answers", False)):  # released shapes: as before
+        for k, default in (("neck_stride", 2), ("ctc_charset", ""), ("ctc_frames", 1), ("ctc_answers", False)):  # released shapes: as before
             if d["vision"][k] == default:
                 del d["vision"][k]
         tokens = {k: d.pop(k) for k in TOKEN_FIELDS}

@@ -206,13 +206,18 @@ class VisionTower(nn.Module):
         st = cfg.stride_hw
         self.net_2 = nn.Conv2d(n, cfg.net2_channels, kernel_size=3, stride=st, padding=1, bias=False)
         self.net_3 = nn.Conv2d(cfg.net2_channels, cfg.out_channels, kernel_size=3, stride=st, padding=1, bias=False)
-        self.ctc_head = nn.Linear(cfg.out_channels, len(cfg.ctc_charset) + 1) if cfg.ctc_charset else None
+        classes = len(cfg.ctc_charset) + 1
+        self.ctc_head = nn.Linear(cfg.out_channels, cfg.ctc_frames * classes) if cfg.ctc_charset else None
 
     def ctc_logits(self, features: torch.Tensor) -> torch.Tensor:
-        """(N, T, out_channels) tower features -> (N, T, 1 + len(charset)); class 0 is the CTC blank."""
+        """(N, T, out_channels) tower features -> (N, T * ctc_frames, 1 + len(charset)); class 0 is the CTC blank.
+
+        A token covers 8 px of width; CTC needs a frame per letter and a blank between doubled ones, so thin
+        letters ("ill", "still") lose one at a frame per token. `ctc_frames` frames per token lift that limit."""
         if self.ctc_head is None:
             raise ValueError("this vision tower has no CTC head (vision.ctc_charset is empty)")
-        return self.ctc_head(features)
+        n, t, _ = features.shape
+        return self.ctc_head(features).view(n, t * self.config.ctc_frames, -1)
 
     def ctc_decode(self, features: torch.Tensor) -> list[tuple[str, float]]:
         """Greedy CTC reading of each input: (text, mean max-probability of its non-blank frames; 0 if none)."""

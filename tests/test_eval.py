@@ -9,7 +9,7 @@ from PIL import Image, ImageDraw
 from data_engines.fonts import load_font
 from eval_helpers import LINES, render_line, train_tiny, write_line_set
 from got import evaluate as E
-from got.layout import line_segments, reading_order
+from got.layout import join_segments, line_segments, reading_order
 from got.peers import TesseractPeer, make_peer, peer_images
 from got.cli import main
 
@@ -172,6 +172,22 @@ def test_line_crops_span_the_font_not_the_ink():
         tol = 0.1 * (full[3] - full[1])  # was: 0.5 (the ink of "was" is an x-height tall)
         assert abs((short[3] - short[1]) - (full[3] - full[1])) <= tol, crops
         assert abs(short[1] - full[1]) <= tol and abs(short[3] - full[3]) <= tol, crops
+
+
+def test_page_text_keeps_paragraph_breaks():
+    """Lines of a rendered page join with newlines, and a paragraph's gap (a blank line's height) becomes a blank
+    line in the text, as the truths and GOT's page answers write it; a column's first line continues the text."""
+    image = Image.new("RGB", (900, 420), "white")
+    draw, font = ImageDraw.Draw(image), load_font("serif", 24)
+    rows = [(40, 50, "First line of text"), (40, 80, "ends the paragraph."), (40, 140, "A new paragraph"),
+            (480, 50, "second column")]
+    for x, y, text in rows:
+        draw.text((x, y), text, fill="black", font=font, anchor="ls")
+    segments = line_segments(image)
+    texts = [["First line of text", "ends the paragraph.", "A new paragraph", "second column"][s.line]
+             for s in segments]
+    assert join_segments(segments, texts) == \
+        "First line of text\nends the paragraph.\n\nA new paragraph\nsecond column"
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ been answered, and reports pages/s, p50 / p99 latency, the queue depth seen on /
 Retry-After), errors, client-side timeouts and the server's peak RSS (VmHWM). Then:
 - late arrival: the time to the first streamed text of one request sent alone, and of one sent while a batch
   of `--late-batch` requests decodes (what joining a running batch costs a late request);
-- soak: --soak requests from 16 clients; RSS after a warm-up of 10% of them and after all of them.
+- soak: --soak requests from 16 clients in tenths; RSS after each tenth (the first is the warm-up).
 Whole-page answers by default (--new-tokens page: the page's own text in tokens, as a trained model answers it);
 random weights do not stop on their own, so each answer runs to its limit. Results: one JSON line per row on
 stdout, a markdown table on stderr. Targets: docs/serving.md.
@@ -213,13 +213,17 @@ def late_arrival(server: ServerProcess, pages: list[bytes], batch: int, new_toke
 
 
 def soak(server: ServerProcess, pages: list[bytes], n: int, new_tokens: int, timeout: float) -> dict:
-    warm = max(1, n // 10)
-    run_level(server, pages, 16, warm, new_tokens, timeout)
-    after_warmup = server.status("VmRSS")
-    level = run_level(server, pages, 16, n - warm, new_tokens, timeout)
-    return {"row": "soak", "requests": n, "rss_after_warmup_gb": round(after_warmup, 3),
-            "rss_after_all_gb": round(server.status("VmRSS"), 3), "errors": level["errors"],
-            "client_timeouts": level["client_timeouts"], "http_503": level["http_503"]}
+    """n requests from 16 clients in tenths: VmRSS after each tenth (the first is the warm-up), so a climb that
+    levels off (allocator high-water marks of the largest batches) reads apart from a leak (a steady climb)."""
+    tenth = max(16, n // 10)
+    curve, errors, timeouts, refused = [], 0, 0, 0
+    for done in range(0, n, tenth):
+        level = run_level(server, pages, 16, min(tenth, n - done), new_tokens, timeout)
+        errors, timeouts, refused = errors + level["errors"], timeouts + level["client_timeouts"], \
+            refused + level["http_503"]
+        curve.append(round(server.status("VmRSS"), 3))
+    return {"row": "soak", "requests": n, "rss_after_warmup_gb": curve[0], "rss_after_all_gb": curve[-1],
+            "rss_after_each_tenth_gb": curve, "errors": errors, "client_timeouts": timeouts, "http_503": refused}
 
 
 def main() -> int:

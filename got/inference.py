@@ -501,7 +501,7 @@ class GOT:
             return Answer(prompt.source, prompt.mode, join_segments(prompt.segments, reads), 0,
                           prompt.seconds + time.perf_counter() - t0, "stop", prompt.page, prompt.index)
         parts, texts = prompt.parts(), [""] * len(prompt.segments)
-        keep = [i for i, t in enumerate(reads or [True] * len(parts)) if t]
+        keep = [i for i, t in enumerate(reads or [True] * len(parts)) if t and prompt.segments[i].text is None]
         max_new = min(max_new_tokens, LINE_TOKENS)
         answers = self.generate([parts[i] for i in keep], max_new, self.line_batch) if keep else []
         for i, a in zip(keep, answers):
@@ -619,7 +619,8 @@ class GOT:
                 on_text(answer.text)
             return answer
         t0, parts = time.perf_counter(), prompt.parts()
-        keep = [i for i, ok in enumerate(self._has_text(prompt.pixel_values)) if ok]
+        has_text = self._has_text(prompt.pixel_values)
+        keep = [i for i, ok in enumerate(has_text) if ok and prompt.segments[i].text is None]
         texts, answers, shown = [""] * len(parts), [], ""
         for start in range(0, len(keep), chunk):
             idx = keep[start:start + chunk]

@@ -26,33 +26,87 @@ def ink_mask(gray: np.ndarray) -> np.ndarray:
 
 
 def find_text_boxes(image: Image.Image) -> list[Rect]:
-    """Word / phrase boxes of a page, in pixels. Empty for a blank page.
+    """Word / phrase boxes of a page, in pixels, dot leaders included (see _detect). Empty for a blank page."""
+    boxes, leaders = _detect(image)
+    return boxes + leaders
+
+
+def _detect(image: Image.Image) -> tuple[list[Rect], list[Rect]]:
+    """(word / phrase boxes, dot leaders) of a page.
 
     The letter height h is the median height of ink components; letters closer than ~0.6 h join into one box,
     dots and accents (closer than ~0.3 h above) join their letters. Boxes that cannot be text are dropped:
     specks (smaller than h/3 both ways), rules (thinner than h/4 and longer than 8 h) and blocks taller than 5 h
-    (pictures, frames)."""
+    (pictures, frames). Specks in a row at a steady pitch are kept as dot leaders (a table of contents'
+    ". . . . 14"): without them a contents page's numbers stood apart as a column of their own."""
     gray = np.asarray(image.convert("L"))
     ink = ink_mask(gray)
     labels, n = ndimage.label(ink, structure=np.ones((3, 3)))
     if n == 0:
-        return []
+        return [], []
     sizes = [(s[0].stop - s[0].start, s[1].stop - s[1].start) for s in ndimage.find_objects(labels)]
     heights = [h for h, w in sizes if h >= 4 and w <= 4 * h]
     if not heights:
-        return []
+        return [], []
     h = float(np.median(heights))
     kx, ky = max(3, round(0.6 * h)), max(1, round(0.3 * h))
     joined = ndimage.binary_closing(ink, structure=np.ones((ky, kx)), border_value=0) | ink
     labels, n = ndimage.label(joined, structure=np.ones((3, 3)))
-    boxes = []
+    boxes, specks = [], []
     for sl in ndimage.find_objects(labels):
         y0, y1, x0, x1 = sl[0].start, sl[0].stop, sl[1].start, sl[1].stop
         bh, bw = y1 - y0, x1 - x0
-        if (bh < h / 3 and bw < h / 3) or (bh < h / 4 and bw > 8 * h) or bh > 5 * h:
-            continue
-        boxes.append((float(x0), float(y0), float(x1), float(y1)))
-    return _attach_marks(boxes, h)
+        if bh < h / 3 and bw < h / 3:
+            specks.append((float(x0), float(y0), float(x1), float(y1)))
+        elif bh < h / 3:  # a rule, or dots close enough for the closing to join: keep the dots as specks
+            dots, k = ndimage.label(ink[sl], structure=np.ones((3, 3)))
+            parts = ndimage.find_objects(dots)
+            if k >= 5 and all(p[0].stop - p[0].start < h / 3 and p[1].stop - p[1].start < h / 3 for p in parts):
+                specks += [(float(x0 + p[1].start), float(y0 + p[0].start), float(x0 + p[1].stop),
+                            float(y0 + p[0].stop)) for p in parts]
+            elif not (bh < h / 4 and bw > 8 * h):
+                boxes.append((float(x0), float(y0), float(x1), float(y1)))
+        elif bh <= 5 * h:
+            boxes.append((float(x0), float(y0), float(x1), float(y1)))
+    boxes = _attach_marks(boxes, h)
+    return boxes, [_bridge(r, boxes, h) for r in _leaders(specks, h)]
+
+
+def _bridge(leader: Rect, boxes: Sequence[Rect], h: float) -> Rect:
+    """A leader stretched to the boxes it leads from and to on its line (within 8 h), so that the gap before a
+    contents page's numbers is no column gutter and the entry stays one line."""
+    cy = (leader[1] + leader[3]) / 2
+    row = [b for b in boxes if b[1] <= cy <= b[3]]
+    left = [b[2] for b in row if 0 <= leader[0] - b[2] <= 8 * h]
+    right = [b[0] for b in row if 0 <= b[0] - leader[2] <= 8 * h]
+    return (max(left) if left else leader[0], leader[1], min(right) if right else leader[2], leader[3])
+
+
+def _leaders(specks: list[Rect], h: float, least: int = 5) -> list[Rect]:
+    """Rows of at least `least` specks on one level at a steady pitch (within a quarter of the row's median, at
+    most 3 h): dot leaders, each returned as the box around its dots."""
+    out: list[Rect] = []
+    rows: list[list[Rect]] = []
+    for sp in sorted(specks, key=lambda r: (round((r[1] + r[3]) / 2), r[0])):
+        cy = (sp[1] + sp[3]) / 2
+        if rows and abs((rows[-1][-1][1] + rows[-1][-1][3]) / 2 - cy) <= h / 4:
+            rows[-1].append(sp)
+        else:
+            rows.append([sp])
+    for row in rows:
+        row.sort(key=lambda r: r[0])
+        run = [row[0]]
+        for sp in row[1:] + [None]:
+            pitch = None if sp is None else sp[0] - run[-1][0]
+            steady = pitch is not None and 0 < pitch <= 3 * h and (
+                len(run) < 2 or abs(pitch - (run[-1][0] - run[-2][0])) <= 0.25 * (run[-1][0] - run[-2][0]))
+            if steady:
+                run.append(sp)
+                continue
+            if len(run) >= least:
+                out.append((run[0][0], min(r[1] for r in run), run[-1][2], max(r[3] for r in run)))
+            run = [sp] if sp is not None else []
+    return out
 
 
 def _attach_marks(boxes: list[Rect], h: float) -> list[Rect]:
@@ -79,6 +133,7 @@ class Segment:
     """One piece of a line, read as one model input."""
     box: tuple[int, int, int, int]  # crop in page pixels, margin included
     line: int  # index of its line in reading order
+    text: str | None = None  # known without the model (a dot leader): never read, joined as it is
 
 
 def line_segments(image: Image.Image, region: Sequence[float] | None = None,
@@ -93,19 +148,41 @@ def line_segments(image: Image.Image, region: Sequence[float] | None = None,
         image, ox, oy = image.crop((x0, y0, x1, y1)), x0, y0
     out = []
     ink = ink_mask(np.asarray(image.convert("L")))
-    for i, line in enumerate(reading_order(find_text_boxes(image))):
+    boxes, leaders = _detect(image)
+    dots = set(leaders)
+    for i, line in enumerate(reading_order(boxes + leaders)):
         for seg in line:
-            x0, y0 = min(r[0] for r in seg), min(r[1] for r in seg)
-            x1, y1 = max(r[2] for r in seg), max(r[3] for r in seg)
-            if y1 - y0 < 6 or x1 - x0 < 4:  # a few pixels: noise, never a readable line
-                continue
-            y0, y1 = _font_extent(ink, (int(x0), int(y0), int(math.ceil(x1)), int(math.ceil(y1))))
-            hgt = y1 - y0
-            box = (max(0, int(x0 - hgt / 2)), max(0, int(y0 - hgt / 6)),
-                   min(image.width, int(math.ceil(x1 + hgt / 2))), min(image.height, int(math.ceil(y1 + hgt / 6))))
-            for b in _cut_wide(ink, box, max_aspect) if max_aspect else [box]:
-                out.append(Segment((b[0] + ox, b[1] + oy, b[2] + ox, b[3] + oy), i))
+            words: list[Rect] = []
+            for r in sorted(seg, key=lambda r: r[0]) + [None]:  # a leader splits its segment: words | dots | words
+                if r is not None and r not in dots:
+                    words.append(r)
+                    continue
+                if words:
+                    out += _crops(ink, words, i, image.size, (ox, oy), max_aspect)
+                    words = []
+                if r is not None:
+                    count = len(ndimage.find_objects(ndimage.label(ink[int(r[1]):int(math.ceil(r[3])),
+                                                                       int(r[0]):int(math.ceil(r[2]))])[0]))
+                    box = (int(r[0]) + ox, int(r[1]) + oy, int(math.ceil(r[2])) + ox, int(math.ceil(r[3])) + oy)
+                    out.append(Segment(box, i, " ".join(["."] * count)))
     return out
+
+
+def _crops(ink: np.ndarray, seg: Sequence[Rect], line: int, size: tuple[int, int], offset: tuple[int, int],
+           max_aspect: float | None) -> list[Segment]:
+    """One segment's boxes -> its crop(s): the font's height (see _font_extent) with a margin of a sixth of it above
+    and below and half of it left and right, cut at word gaps when wider than max_aspect x its height."""
+    (ox, oy), (width, height) = offset, size
+    x0, y0 = min(r[0] for r in seg), min(r[1] for r in seg)
+    x1, y1 = max(r[2] for r in seg), max(r[3] for r in seg)
+    if y1 - y0 < 6 or x1 - x0 < 4:  # a few pixels: noise, never a readable line
+        return []
+    y0, y1 = _font_extent(ink, (int(x0), int(y0), int(math.ceil(x1)), int(math.ceil(y1))))
+    hgt = y1 - y0
+    box = (max(0, int(x0 - hgt / 2)), max(0, int(y0 - hgt / 6)),
+           min(width, int(math.ceil(x1 + hgt / 2))), min(height, int(math.ceil(y1 + hgt / 6))))
+    return [Segment((b[0] + ox, b[1] + oy, b[2] + ox, b[3] + oy), line)
+            for b in (_cut_wide(ink, box, max_aspect) if max_aspect else [box])]
 
 
 def _font_extent(ink: np.ndarray, box: tuple[int, int, int, int]) -> tuple[float, float]:
@@ -153,10 +230,12 @@ def join_segments(segments: Sequence[Segment], texts: Sequence[str]) -> str:
     The gap that counts as a paragraph's: more than the page's usual gap between lines (their lower quartile: a
     short text has few) plus half a line's height. A paragraph that starts without a gap (indented, or set
     tight) stays a newline: on the held-out pages the gap rule made no false breaks and the short-last-line
-    rule as many false breaks as true ones. A column's first line (above the previous line) continues the text with a newline."""
+    rule as many false breaks as true ones. A column's first line (above the previous line) continues the text
+    with a newline."""
     lines: dict[int, list[str]] = {}
     spans: dict[int, list[float]] = {}
     for seg, text in zip(segments, texts):
+        text = text if seg.text is None else seg.text
         if text.strip():
             lines.setdefault(seg.line, []).append(text.strip())
             top, bottom = spans.get(seg.line, (seg.box[1], seg.box[3]))
@@ -177,9 +256,9 @@ def reading_order(rects: Sequence[Rect]) -> list[list[list[Rect]]]:
 
     Bands: boxes whose vertical extents overlap (by > 30% of the smaller) chain into one band. Blocks: consecutive
     bands sharing the same column gutters (x-gaps wider than the median box height with no box in them); a band
-    that crosses a gutter, such as a full-width heading, starts a new block. A block is read column by column,
-    each column line by line (a block of one line is just that line); a line is split into segments at gaps wider
-    than twice its height.
+    that crosses a gutter, such as a full-width heading, starts a new block. A block is read column by column
+    (a column narrower than 4 gutters is no column: see _column_edges), each column line by line (a block of
+    one line is just that line); a line is split into segments at gaps wider than twice its height.
     """
     if not rects:
         return []
@@ -199,11 +278,27 @@ def reading_order(rects: Sequence[Rect]) -> list[list[list[Rect]]]:
         if len(rows) == 1:  # one line with wide gaps (a table row, a form line): segments, not columns
             lines.append(_segments(rows[0]))
             continue
-        edges = [-math.inf] + [(a + b) / 2 for a, b in gutters] + [math.inf]
+        edges = _column_edges(gutters, members, 4 * min_gutter)
         for lo, hi in zip(edges, edges[1:]):
             column = [r for r in members if lo <= (r[0] + r[2]) / 2 < hi]
             lines += [_segments(row) for row in _rows(column)]
     return lines
+
+
+def _column_edges(gutters: list[tuple[float, float]], members: Sequence[Rect], least: float) -> list[float]:
+    """Column edges at the gutters' middles, less the gutters beside a column narrower than `least`: a column of
+    list numbers, section numbers or page numbers belongs to the lines beside it, not before or after them."""
+    edges = [-math.inf] + [(a + b) / 2 for a, b in gutters] + [math.inf]
+    while len(edges) > 2:
+        widths = []
+        for lo, hi in zip(edges, edges[1:]):
+            column = [r for r in members if lo <= (r[0] + r[2]) / 2 < hi]
+            widths.append(max(r[2] for r in column) - min(r[0] for r in column) if column else 0.0)
+        narrow = min(range(len(widths)), key=widths.__getitem__)
+        if widths[narrow] >= least:
+            break
+        del edges[narrow + 1 if narrow + 1 < len(edges) - 1 else narrow]  # the gutter on its right, else its left
+    return edges
 
 
 def _overlap(a0: float, a1: float, b0: float, b1: float) -> float:

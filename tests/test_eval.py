@@ -190,6 +190,38 @@ def test_page_text_keeps_paragraph_breaks():
         "First line of text\nends the paragraph.\n\nA new paragraph\nsecond column"
 
 
+def test_contents_page_keeps_dot_leaders_and_numbers_on_their_lines():
+    """A table of contents: section numbers, titles, dot leaders, page numbers. The leaders are counted from the
+    ink and joined as text (the model never reads them), and neither the section numbers nor the page numbers
+    split off as columns of their own: each entry stays one line, in order."""
+    image = Image.new("RGB", (820, 200), "white")
+    draw, font = ImageDraw.Draw(image), load_font("serif", 20)
+    entries = [("1.1", "Introduction", 9), ("1.2", "Reading pages", 14), ("1.3", "Limits", 27)]
+    drawn = []
+    for row, (number, title, page) in enumerate(entries):
+        y = 50 + 40 * row
+        draw.text((40, y), number, fill="black", font=font, anchor="ls")
+        draw.text((100, y), title, fill="black", font=font, anchor="ls")
+        xs = range(int(110 + font.getlength(title)), 740, 14)
+        for x in xs:
+            draw.text((x, y), ".", fill="black", font=font, anchor="ls")
+        drawn.append(len(xs))
+        draw.text((780, y), str(page), fill="black", font=font, anchor="rs")
+    segments = line_segments(image)
+    texts = []
+    for seg in segments:  # what a perfect reader answers for each crop: found by rendering position
+        x0, y0, x1, y1 = seg.box
+        row = min(range(3), key=lambda r: abs((y0 + y1) / 2 - (45 + 40 * r)))
+        number, title, page = entries[row]
+        texts.append(number if x1 < 95 else str(page) if x0 > 740 else title if seg.text is None else "?")
+    assert [len(s.text.split()) for s in segments if s.text] == drawn
+    leaders = [s.box for s in segments if s.text]  # bridged to the page number: no gutter left before it
+    assert all(box[2] >= 780 - font.getlength(str(p)) - 2 for box, (_, _, p) in zip(leaders, entries))
+    lines = join_segments(segments, texts).split("\n")
+    assert [line.split(" . ")[0] for line in lines] == [f"{n} {t}" for n, t, _ in entries]
+    assert [line.rsplit(" ", 1)[1] for line in lines] == [str(p) for _, _, p in entries]
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """Three tiny models (decoder width 32 / 64 / 128) trained 6 steps on the rendered English lines."""

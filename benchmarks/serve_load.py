@@ -232,7 +232,7 @@ def main() -> int:
     p.add_argument("--levels", default="1,4,16,64")
     p.add_argument("--requests", type=int, default=64, help="answered requests per level (at least 2 per client)")
     p.add_argument("--soak", type=int, default=500, help="requests of the RSS soak (0: skip)")
-    p.add_argument("--late-batch", type=int, default=8)
+    p.add_argument("--late-batch", type=int, default=8, help="rows decoding when the late request arrives (0: skip)")
     p.add_argument("--new-tokens", default="page", help="max_new_tokens per request; 'page': the page's text")
     p.add_argument("--queue-size", type=int, default=32)
     p.add_argument("--max-batch", type=int, default=16)
@@ -257,8 +257,10 @@ def main() -> int:
                                    args.client_timeout)}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-            for extra in ([late_arrival(server, pages, args.late_batch, new_tokens, args.client_timeout)]
-                          + ([soak(server, pages, args.soak, new_tokens, args.client_timeout)] if args.soak else [])):
+            extras = ([lambda: late_arrival(server, pages, args.late_batch, new_tokens, args.client_timeout)]
+                      if args.late_batch else []) + \
+                     ([lambda: soak(server, pages, args.soak, new_tokens, args.client_timeout)] if args.soak else [])
+            for extra in (run() for run in extras):
                 rows.append({"model": name, **extra})
                 print(json.dumps(rows[-1]), flush=True)
         finally:

@@ -81,6 +81,10 @@ class Prompt:
         return [Prompt(self.source, self.mode, self.input_ids, self.pixel_values[i:i + 1], page=self.page,
                        index=self.index) for i in range(len(self.segments or ()))]
 
+    def model_rows(self) -> list[int]:
+        """The segments the model reads: all but those known without it (dot leaders, got.layout)."""
+        return [i for i, g in enumerate(self.segments or ()) if g.text is None]
+
 
 def left_padded(prompts: Sequence[Prompt], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(input_ids, attention_mask, pixel_values) of a batch, LEFT-padded so every prompt ends at the last column."""
@@ -408,7 +412,7 @@ class GOT:
         """(mean CTC confidence per character read, characters read) over the first `probe` line crops."""
         from got.layout import line_segments
 
-        segs = line_segments(image, max_aspect=self.max_aspect)[:probe]
+        segs = [g for g in line_segments(image, max_aspect=self.max_aspect) if g.text is None][:probe]
         if not segs:
             return 0.0, 0
         tower = self.model.vision_tower
@@ -496,12 +500,12 @@ class GOT:
         from got.layout import join_segments
 
         t0 = time.perf_counter()
-        reads = self._ctc_reads(prompt.pixel_values)
+        reads = self._ctc_reads(prompt.pixel_values, prompt.model_rows())
         if reads is not None and self.config.vision.ctc_answers:
             return Answer(prompt.source, prompt.mode, join_segments(prompt.segments, reads), 0,
                           prompt.seconds + time.perf_counter() - t0, "stop", prompt.page, prompt.index)
         parts, texts = prompt.parts(), [""] * len(prompt.segments)
-        keep = [i for i, t in enumerate(reads or [True] * len(parts)) if t and prompt.segments[i].text is None]
+        keep = prompt.model_rows() if reads is None else [i for i, t in enumerate(reads) if t]
         max_new = min(max_new_tokens, LINE_TOKENS)
         answers = self.generate([parts[i] for i in keep], max_new, self.line_batch) if keep else []
         for i, a in zip(keep, answers):
@@ -512,22 +516,27 @@ class GOT:
                       prompt.page, prompt.index)
 
     @torch.inference_mode()
-    def _ctc_reads(self, pixels: torch.Tensor) -> list[str] | None:
-        """The tower's CTC reading of each crop (None without a CTC head); a read below MIN_CTC_CONFIDENCE (noise,
-        specks, pictures) is no text."""
+    def _ctc_reads(self, pixels: torch.Tensor, rows: Sequence[int]) -> list[str] | None:
+        """The tower's CTC reading of each crop in `rows` ("" for the others; None without a CTC head); a read
+        below MIN_CTC_CONFIDENCE (noise, specks, pictures) is no text."""
         tower = self.model.vision_tower
         if tower.ctc_head is None:
             return None
-        if not len(pixels):
-            return []
+        out = [""] * len(pixels)
+        if not rows:
+            return out
         with self._autocast():
-            reads = tower.ctc_decode(tower(pixels.to(self.device)))
-        return [text.strip() if conf >= MIN_CTC_CONFIDENCE else "" for text, conf in reads]
+            reads = tower.ctc_decode(tower(pixels[list(rows)].to(self.device)))
+        for i, (text, conf) in zip(rows, reads):
+            out[i] = text.strip() if conf >= MIN_CTC_CONFIDENCE else ""
+        return out
 
-    def _has_text(self, pixels: torch.Tensor) -> list[bool]:
-        """Per crop: does the tower's CTC head read any character in it (always True without a CTC head)?"""
-        reads = self._ctc_reads(pixels)
-        return [True] * len(pixels) if reads is None else [bool(t) for t in reads]
+    def _has_text(self, prompt: Prompt) -> list[bool]:
+        """Per segment: does the model read it (not known without it, a dot leader) and does the tower's CTC head
+        see any character in it (always, without a CTC head)?"""
+        rows = prompt.model_rows()
+        reads, read = self._ctc_reads(prompt.pixel_values, rows), set(rows)
+        return [i in read and (reads is None or bool(reads[i])) for i in range(len(prompt.segments))]
 
     def _autocast(self):
         return torch.autocast("cpu", dtype=torch.bfloat16) if self.autocast else nullcontext()
@@ -619,8 +628,7 @@ class GOT:
                 on_text(answer.text)
             return answer
         t0, parts = time.perf_counter(), prompt.parts()
-        has_text = self._has_text(prompt.pixel_values)
-        keep = [i for i, ok in enumerate(has_text) if ok and prompt.segments[i].text is None]
+        keep = [i for i, ok in enumerate(self._has_text(prompt)) if ok]
         texts, answers, shown = [""] * len(parts), [], ""
         for start in range(0, len(keep), chunk):
             idx = keep[start:start + chunk]

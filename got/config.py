@@ -172,7 +172,8 @@ class GOTConfig:
         for k in ("image_size", "neck_stride"):
             if not isinstance(d["vision"][k], int):
                 d["vision"][k] = list(d["vision"][k])
-        for k, default in (("neck_stride", 2), ("ctc_charset", ""), ("ctc_frames", 1), ("ctc_answers", False)):  # released shapes: as before
+        optional = (("neck_stride", 2), ("ctc_charset", ""), ("ctc_frames", 1), ("ctc_answers", False))
+        for k, default in optional:  # at their defaults: left out, so released shapes' configs read as before
             if d["vision"][k] == default:
                 del d["vision"][k]
         tokens = {k: d.pop(k) for k in TOKEN_FIELDS}

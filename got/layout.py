@@ -83,7 +83,7 @@ def _bridge(leader: Rect, boxes: Sequence[Rect], h: float) -> Rect:
 
 
 def _leaders(specks: list[Rect], h: float, least: int = 5) -> list[Rect]:
-    """Rows of at least `least` specks on one level at a steady pitch (within a quarter of the row's median, at
+    """Rows of at least `least` specks on one level at a steady pitch (each within a quarter of the one before, at
     most 3 h): dot leaders, each returned as the box around its dots."""
     out: list[Rect] = []
     rows: list[list[Rect]] = []

@@ -212,8 +212,9 @@ class VisionTower(nn.Module):
     def ctc_logits(self, features: torch.Tensor) -> torch.Tensor:
         """(N, T, out_channels) tower features -> (N, T * ctc_frames, 1 + len(charset)); class 0 is the CTC blank.
 
-        A token covers 8 px of width; CTC needs a frame per letter and a blank between doubled ones, so thin
-        letters ("ill", "still") lose one at a frame per token. `ctc_frames` frames per token lift that limit."""
+        A token covers a strip of the line (8 px in the default model); CTC needs a frame per letter and a blank
+        between doubled ones, so at a frame per token thin letters ("ill", "still") lose one. `ctc_frames` frames
+        per token lift that limit."""
         if self.ctc_head is None:
             raise ValueError("this vision tower has no CTC head (vision.ctc_charset is empty)")
         n, t, _ = features.shape

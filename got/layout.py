@@ -207,8 +207,9 @@ def _font_extent(ink: np.ndarray, box: tuple[int, int, int, int]) -> tuple[float
 
 
 def _cut_wide(ink: np.ndarray, box: tuple[int, int, int, int], max_aspect: float) -> list[tuple[int, int, int, int]]:
-    """A crop wider than max_aspect times its height, cut in two at the blank column run (a word gap) that is wide
-    and near its middle, again and again until every piece fits."""
+    """A crop wider than max_aspect times its height, cut in two at the word gap nearest its middle, again and again
+    until every piece fits. Word gaps: blank column runs at least half as wide as the widest (the space between two
+    letters is a fraction of a word space; a cut there reads as a space inside the word: "ret urns")."""
     x0, y0, x1, y1 = box
     if x1 - x0 <= max_aspect * (y1 - y0):
         return [box]
@@ -217,8 +218,9 @@ def _cut_wide(ink: np.ndarray, box: tuple[int, int, int, int], max_aspect: float
     runs = [(a, b) for a, b in zip(edges[::2], edges[1::2]) if a > 0 and b < len(blank)]  # inner gaps only
     if not runs:
         return [box]
+    widest = max(b - a for a, b in runs)
     middle = (x1 - x0) / 2
-    a, b = min(runs, key=lambda r: abs((r[0] + r[1]) / 2 - middle) - 2 * (r[1] - r[0]))
+    a, b = min((r for r in runs if 2 * (r[1] - r[0]) >= widest), key=lambda r: abs((r[0] + r[1]) / 2 - middle))
     cut = x0 + (a + b) // 2
     return _cut_wide(ink, (x0, y0, cut, y1), max_aspect) + _cut_wide(ink, (cut, y0, x1, y1), max_aspect)
 

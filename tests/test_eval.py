@@ -174,6 +174,23 @@ def test_line_crops_span_the_font_not_the_ink():
         assert abs(short[1] - full[1]) <= tol and abs(short[3] - full[3]) <= tol, crops
 
 
+def test_wide_lines_are_cut_between_words():
+    """A line wider than the model's input is cut at word gaps: a cut between two letters read as a space inside
+    the word ("ret urns", "spe cifying" on every long line of the real pages before)."""
+    image = Image.new("RGB", (1800, 60), "white")
+    draw, font = ImageDraw.Draw(image), load_font("serif", 22)
+    words, x = "the routine returns zero otherwise it prints an error message and returns non-zero".split() * 2, 20.0
+    spans = []
+    for word in words:
+        draw.text((x, 40), word, fill="black", font=font, anchor="ls")
+        spans.append((x, x + font.getlength(word)))
+        x += font.getlength(word + " ")
+    segments = line_segments(image.crop((0, 0, int(x) + 20, 60)), max_aspect=8)
+    cuts = [s.box[2] for s in segments[:-1]]
+    assert len(segments) >= 4
+    assert not [c for c in cuts if any(a + 1 < c < b - 1 for a, b in spans)], (cuts, spans)
+
+
 def test_page_text_keeps_paragraph_breaks():
     """Lines of a rendered page join with newlines, and a paragraph's gap (a blank line's height) becomes a blank
     line in the text, as the truths and GOT's page answers write it; a column's first line continues the text."""

@@ -27,20 +27,18 @@ def ink_mask(gray: np.ndarray) -> np.ndarray:
 
 def find_text_boxes(image: Image.Image) -> list[Rect]:
     """Word / phrase boxes of a page, in pixels, dot leaders included (see _detect). Empty for a blank page."""
-    boxes, leaders = _detect(image)
+    boxes, leaders = _detect(ink_mask(np.asarray(image.convert("L"))))
     return boxes + leaders
 
 
-def _detect(image: Image.Image) -> tuple[list[Rect], list[Rect]]:
-    """(word / phrase boxes, dot leaders) of a page.
+def _detect(ink: np.ndarray) -> tuple[list[Rect], list[Rect]]:
+    """(word / phrase boxes, dot leaders) of a page's ink mask.
 
     The letter height h is the median height of ink components; letters closer than ~0.6 h join into one box,
     dots and accents (closer than ~0.3 h above) join their letters. Boxes that cannot be text are dropped:
     specks (smaller than h/3 both ways), rules (thinner than h/4 and longer than 8 h) and blocks taller than 5 h
     (pictures, frames). Specks in a row at a steady pitch are kept as dot leaders (a table of contents'
     ". . . . 14"): without them a contents page's numbers stood apart as a column of their own."""
-    gray = np.asarray(image.convert("L"))
-    ink = ink_mask(gray)
     labels, n = ndimage.label(ink, structure=np.ones((3, 3)))
     if n == 0:
         return [], []
@@ -148,7 +146,7 @@ def line_segments(image: Image.Image, region: Sequence[float] | None = None,
         image, ox, oy = image.crop((x0, y0, x1, y1)), x0, y0
     out = []
     ink = ink_mask(np.asarray(image.convert("L")))
-    boxes, leaders = _detect(image)
+    boxes, leaders = _detect(ink)
     dots = set(leaders)
     for i, line in enumerate(reading_order(boxes + leaders)):
         for seg in line:
@@ -161,8 +159,7 @@ def line_segments(image: Image.Image, region: Sequence[float] | None = None,
                     out += _crops(ink, words, i, image.size, (ox, oy), max_aspect)
                     words = []
                 if r is not None:
-                    count = len(ndimage.find_objects(ndimage.label(ink[int(r[1]):int(math.ceil(r[3])),
-                                                                       int(r[0]):int(math.ceil(r[2]))])[0]))
+                    _, count = ndimage.label(ink[int(r[1]):int(math.ceil(r[3])), int(r[0]):int(math.ceil(r[2]))])
                     box = (int(r[0]) + ox, int(r[1]) + oy, int(math.ceil(r[2])) + ox, int(math.ceil(r[3])) + oy)
                     out.append(Segment(box, i, " ".join(["."] * count)))
     return out

@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +75,7 @@ class Prompt:
     seconds: float = 0.0              # time spent loading / preprocessing
     index: int = 0                    # position of the input in the caller's list
     segments: list | None = None      # line route: one got.layout.Segment per row of pixel_values
+    ctc: dict = field(default_factory=dict)  # line route: row -> (text, confidence) already read by the CTC head
 
     def parts(self) -> list["Prompt"]:
         """A line-route page as one single-line prompt per segment (the same ids, one crop each)."""
@@ -383,44 +384,47 @@ class GOT:
             box = (max(0, x0), max(0, y0), min(image.width, x1), min(image.height, y1))
             if box[2] - box[0] < 1 or box[3] - box[1] < 1:
                 raise ValueError(f"{where}: box {list(box)} holds no pixels of the {image.width}x{image.height} image")
-        if box is None:
-            image = self.upright(image)
-        segments = line_segments(image, box, self.max_aspect)
+            image, segments, probed = image, line_segments(image, box, self.max_aspect), {}
+        else:
+            image, segments, probed = self._upright(image)
         crops = [image.crop(g.box) for g in segments]
         prompt = self._prompt(source, label, crops[:1] or [image], Query(), page, t0, index)
         pixels = self.inputs.pixels(crops, Query()) if crops else prompt.pixel_values[:0]
         prompt.pixel_values, prompt.segments, prompt.multi_page = pixels.to(self.dtype), segments, False
+        prompt.ctc = probed
         return prompt
 
     @torch.inference_mode()
-    def upright(self, image: Image.Image, probe: int = 8) -> Image.Image:
-        """A page turned by 90, 180 or 270 degrees, turned back (PP-OCR's direction classifier, done with the
-        tower's CTC head): the first `probe` line crops are read as the page stands and, unless that read is
-        confident, turned each way; the most confident turn wins if it beats the page as it stands by 0.08 over
-        at least 20 characters (a word or two cannot tell). Without a CTC head the page is kept as it is."""
-        if self.model.vision_tower.ctc_head is None:
-            return image
-        score, _ = self._read_confidence(image, probe)
-        if score >= 0.9:
-            return image
-        turns = [(angle, image.rotate(angle, expand=True)) for angle in (180, 90, 270)]
-        reads = [(*self._read_confidence(turned, probe), turned) for _, turned in turns]
-        best_score, chars, best = max(reads, key=lambda r: r[0] if r[1] >= 20 else -1.0)
-        return best if chars >= 20 and best_score > score + 0.08 else image
-
-    def _read_confidence(self, image: Image.Image, probe: int) -> tuple[float, int]:
-        """(mean CTC confidence per character read, characters read) over the first `probe` line crops."""
+    def _upright(self, image: Image.Image, probe: int = 8) -> tuple[Image.Image, list, dict[int, tuple[str, float]]]:
+        """(page, its line segments, the CTC reads of the probed segments), the page turned back if it was turned
+        by 90, 180 or 270 degrees (PP-OCR's direction classifier, done with the tower's CTC head): the first
+        `probe` line crops are read as the page stands and, unless that read is confident, the page is turned
+        each way and laid out again; the most confident turn wins if it beats the page as it stands by 0.08 over
+        at least 20 characters (a word or two cannot tell). The probe's reads are the page's first reads (the
+        tower reads a crop the same alone or in a batch). Without a CTC head the page is kept as it is."""
         from got.layout import line_segments
 
-        segs = [g for g in line_segments(image, max_aspect=self.max_aspect) if g.text is None][:probe]
-        if not segs:
-            return 0.0, 0
+        def read(page: Image.Image) -> tuple[float, int, Image.Image, list, dict]:
+            segments = line_segments(page, max_aspect=self.max_aspect)
+            rows = [i for i, g in enumerate(segments) if g.text is None][:probe]
+            if not rows:
+                return 0.0, 0, page, segments, {}
+            pixels = self.inputs.pixels([page.crop(segments[i].box) for i in rows], Query()).to(self.dtype)
+            with self._autocast():
+                reads = tower.ctc_decode(tower(pixels.to(self.device)))
+            chars = sum(len(t) for t, _ in reads)
+            score = sum(conf * len(t) for t, conf in reads) / chars if chars else 0.0
+            return score, chars, page, segments, dict(zip(rows, reads))
+
         tower = self.model.vision_tower
-        pixels = self.inputs.pixels([image.crop(g.box) for g in segs], Query()).to(self.dtype)
-        with self._autocast():
-            reads = tower.ctc_decode(tower(pixels.to(self.device)))
-        chars = sum(len(t) for t, _ in reads)
-        return (sum(conf * len(t) for t, conf in reads) / chars if chars else 0.0), chars
+        if tower.ctc_head is None:
+            return image, line_segments(image, max_aspect=self.max_aspect), {}
+        score, _, *standing = read(image)
+        if score >= 0.9:
+            return tuple(standing)
+        turns = [read(image.rotate(angle, expand=True)) for angle in (180, 90, 270)]
+        best_score, chars, *best = max(turns, key=lambda r: r[0] if r[1] >= 20 else -1.0)
+        return tuple(best if chars >= 20 and best_score > score + 0.08 else standing)
 
     def _prompt(self, source, label, images, query: Query, page, t0, index) -> Prompt:
         """One prompt through the one input path (got.processor.GOTProcessor)."""
@@ -500,7 +504,7 @@ class GOT:
         from got.layout import join_segments
 
         t0 = time.perf_counter()
-        reads = self._ctc_reads(prompt.pixel_values, prompt.model_rows())
+        reads = self._ctc_reads(prompt.pixel_values, prompt.model_rows(), prompt.ctc)
         if reads is not None and self.config.vision.ctc_answers:
             return Answer(prompt.source, prompt.mode, join_segments(prompt.segments, reads), 0,
                           prompt.seconds + time.perf_counter() - t0, "stop", prompt.page, prompt.index)
@@ -516,18 +520,21 @@ class GOT:
                       prompt.page, prompt.index)
 
     @torch.inference_mode()
-    def _ctc_reads(self, pixels: torch.Tensor, rows: Sequence[int]) -> list[str] | None:
-        """The tower's CTC reading of each crop in `rows` ("" for the others; None without a CTC head); a read
-        below MIN_CTC_CONFIDENCE (noise, specks, pictures) is no text."""
+    def _ctc_reads(self, pixels: torch.Tensor, rows: Sequence[int], known: dict | None = None) -> list[str] | None:
+        """The tower's CTC reading of each crop in `rows` ("" for the others; None without a CTC head); `known`:
+        rows already read (row -> (text, confidence)). A read below MIN_CTC_CONFIDENCE (noise, specks, pictures)
+        is no text."""
         tower = self.model.vision_tower
         if tower.ctc_head is None:
             return None
+        known = dict(known or {})
+        todo = [i for i in rows if i not in known]
+        if todo:
+            with self._autocast():
+                known.update(zip(todo, tower.ctc_decode(tower(pixels[todo].to(self.device)))))
         out = [""] * len(pixels)
-        if not rows:
-            return out
-        with self._autocast():
-            reads = tower.ctc_decode(tower(pixels[list(rows)].to(self.device)))
-        for i, (text, conf) in zip(rows, reads):
+        for i in rows:
+            text, conf = known[i]
             out[i] = text.strip() if conf >= MIN_CTC_CONFIDENCE else ""
         return out
 
@@ -535,7 +542,7 @@ class GOT:
         """Per segment: does the model read it (not known without it, a dot leader) and does the tower's CTC head
         see any character in it (always, without a CTC head)?"""
         rows = prompt.model_rows()
-        reads, read = self._ctc_reads(prompt.pixel_values, rows), set(rows)
+        reads, read = self._ctc_reads(prompt.pixel_values, rows, prompt.ctc), set(rows)
         return [i in read and (reads is None or bool(reads[i])) for i in range(len(prompt.segments))]
 
     def _autocast(self):

@@ -20,6 +20,11 @@ MASK_CHUNK_BYTES = 256 * 2**20
 # CPU inference: scores are computed in blocks of (heads x query rows x keys) this many elements (4 MB in bf16),
 # so that bias, scores and softmax stay in cache instead of streaming N x N tensors through memory.
 CPU_BLOCK_ELEMENTS = 2**21
+# CPU inference: tiles go through the tower in chunks of at most this many bytes of activations (patch tokens x
+# width). A 1024 px tile of the base preset (~25 MB) goes alone and stays in cache; a batch of 8 such tiles streams
+# through memory and costs ~25% more per tile. A page's line crops (160 KB each in the default model) go a dozen
+# together: one at a time, their small GEMMs and per-op overheads cost ~1.6x per crop on one core (24 against 15 ms).
+CPU_CHUNK_BYTES = 2 * 2**20
 
 
 class LayerNorm2d(nn.Module):
@@ -145,7 +150,9 @@ def window_partition(x: torch.Tensor, ws: int) -> tuple[torch.Tensor, tuple[int,
     if pad_h or pad_w:
         x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
     Hp, Wp = H + pad_h, W + pad_w
-    x = x.view(B, Hp // ws, ws, Wp // ws, ws, C).permute(0, 1, 3, 2, 4, 5).reshape(-1, ws, ws, C)
+    # contiguous(): with one row of windows, reshape() returns a strided view, and a Linear over that layout
+    # rounds differently in bf16 from the same rows in a batch; a crop must read the same alone or in a batch.
+    x = x.view(B, Hp // ws, ws, Wp // ws, ws, C).permute(0, 1, 3, 2, 4, 5).reshape(-1, ws, ws, C).contiguous()
     return x, (Hp, Wp)
 
 
@@ -241,10 +248,11 @@ class VisionTower(nn.Module):
         p = self.config.patch_size
         if pixel_values.shape[2] % p or pixel_values.shape[3] % p:
             raise ValueError(f"image size {tuple(pixel_values.shape[2:])} is not a multiple of the patch size {p}")
-        if len(pixel_values) > 1 and pixel_values.device.type == "cpu" and not torch.is_grad_enabled():
-            # CPU inference, one tile at a time: a 1024 px tile's activations (~25 MB) stay in cache; a batch of
-            # 8 tiles streams them through memory and costs ~25% more per tile (2 cores, bf16).
-            return torch.cat([self(tile[None]) for tile in pixel_values])
+        if pixel_values.device.type == "cpu" and not torch.is_grad_enabled():
+            tile = (pixel_values.shape[2] // p) * (pixel_values.shape[3] // p) * self.config.embed_dim
+            chunk = max(1, CPU_CHUNK_BYTES // (tile * self.pos_embed.element_size()))
+            if len(pixel_values) > chunk:
+                return torch.cat([self(pixel_values[s:s + chunk]) for s in range(0, len(pixel_values), chunk)])
         x = self.patch_embed(pixel_values.to(self.pos_embed.dtype))
         x = x + self._pos_embed(x.shape[1], x.shape[2])
         for blk in self.blocks:

@@ -72,6 +72,17 @@ def test_rotated_page_is_turned_back(model, angle):
     assert model.chat(image.rotate(angle, expand=True, fillcolor="white")) == upright
 
 
+def test_the_upright_probe_reads_are_the_page_reads(model):
+    """The probe's CTC reads of a page's first lines are kept as those lines' reads: the page reads the same as when
+    every line is read afresh, and the probe did read some."""
+    image, _ = held_out_page(SEED + 4, 1, "serif", size=(700, 400))
+    prompt = model.prepare(image)[0]
+    assert len(prompt.ctc) == 8 and len(prompt.model_rows()) > 8
+    kept = model.generate([prompt])[0].text
+    prompt.ctc = {}
+    assert model.generate([prompt])[0].text == kept
+
+
 def test_got_chat_without_model(model, tmp_path):
     image = tmp_path / "para.png"
     im, text = held_out_page(SEED + 4, 1, "serif", size=(600, 140))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from got.config import GOTConfig, list_presets, load_config
+from got.config import GOTConfig, VisionConfig, list_presets, load_config
 from got.modeling import GOTModel
 from got.vision_tower import Attention, VisionTower, get_rel_pos
 
@@ -125,6 +125,21 @@ def test_bf16_inference_blocks_match_fp32_reference():
     # bf16 rounding only: about the error of the explicit formulation run in bf16 (measured 0.0026 vs 0.0023)
     assert (got - want).abs().mean() < 1.5 * (eager_bf16 - want).abs().mean()
     assert (got - want).abs().max() < 0.05 * want.abs().max()
+
+
+def test_a_line_crop_reads_the_same_alone_or_in_a_batch():
+    """CPU bf16 inference: a page's line crops go through the tower together (vt.CPU_CHUNK_BYTES), a single line
+    alone; each crop's features must not depend on which others share its pass (one row of windows once made a
+    strided layout that rounded differently alone)."""
+    torch.manual_seed(0)
+    cfg = VisionConfig(image_size=[32, 1024], patch_size=8, embed_dim=160, depth=2, num_heads=5, mlp_dim=640,
+                       window_size=4, global_attn_indexes=[1], neck_channels=32, net2_channels=64, out_channels=64,
+                       neck_stride=[2, 1])
+    tower = VisionTower(cfg).to(torch.bfloat16).eval()
+    pixels = torch.randn(7, 3, 32, 1024, dtype=torch.bfloat16)
+    with torch.inference_mode():
+        batch = tower(pixels)  # 160 KB of activations per crop: one pass
+        assert all(torch.equal(tower(pixels[i:i + 1])[0], batch[i]) for i in range(len(pixels)))
 
 
 def test_vision_tower_shapes_and_other_sizes(tiny):

@@ -229,21 +229,23 @@ class PlainEngine:
     max_units: the longest line slice in words (characters for Chinese; default 12 / 24): short slices are the
     easy start of a curriculum;
     technical: share of English words replaced by identifiers, options, paths, versions (manuals, code docs);
-    bold: share of line slices (line, page_line) set in the bold face of their family.
+    bold: share of line slices (line, page_line) set in the bold face of their family;
+    marks: share of English line slices (line) given a printed document's marks: bullets, dashes, curly quotes,
+    capitals throughout, operators, signs (text.print_marks).
     """
     name = "plain"
 
     def __init__(self, lang: str | None = None, layout: str | None = None, format_prob: float = 0.2,
-                 max_units: int | None = None, technical: float = 0.0, bold: float = 0.0):
+                 max_units: int | None = None, technical: float = 0.0, bold: float = 0.0, marks: float = 0.0):
         T.check_choice("plain", "lang", lang, T.LANGS)
         T.check_choice("plain", "layout", layout, LAYOUTS)
         if max_units is not None and (isinstance(max_units, bool) or not isinstance(max_units, int) or max_units < 1):
             raise ValueError(f"plain: max_units must be a whole number >= 1, got {max_units!r}")
-        for key, share in (("technical", technical), ("bold", bold)):
+        for key, share in (("technical", technical), ("bold", bold), ("marks", marks)):
             if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:
                 raise ValueError(f"plain: {key} must be a share between 0 and 1, got {share!r}")
         self.lang, self.layout, self.format_prob, self.max_units = lang, layout, format_prob, max_units
-        self.technical, self.bold = float(technical), float(bold)
+        self.technical, self.bold, self.marks = float(technical), float(bold), float(marks)
 
     def render(self, rng: random.Random) -> Sample:
         from got.prompts import build_query
@@ -251,7 +253,8 @@ class PlainEngine:
         lang = self.lang or rng.choice(T.LANGS)
         layout = self.layout or rng.choices(LAYOUTS[:3], [0.5, 0.25, 0.25])[0]
         if layout in ("line", "page_line"):
-            img, text = render_line(rng, lang, max_units=self.max_units, technical=self.technical, bold=self.bold) \
+            img, text = render_line(rng, lang, max_units=self.max_units, technical=self.technical, bold=self.bold,
+                                    marks=self.marks) \
                 if layout == "line" else render_page_line(rng, lang, technical=self.technical, bold=self.bold)
             return Sample([img], conversation(build_query("plain"), text), {"lang": lang, "layout": layout})
         markdown = rng.random() < self.format_prob
@@ -277,14 +280,17 @@ def _slice_colors(rng: random.Random) -> tuple[tuple[int, int, int], tuple[int, 
 
 
 def render_line(rng: random.Random, lang: str, size: tuple[int, int] = (16, 48), family: str | None = None,
-                max_units: int | None = None, technical: float = 0.0, bold: float = 0.0) -> tuple[Image.Image, str]:
+                max_units: int | None = None, technical: float = 0.0, bold: float = 0.0,
+                marks: float = 0.0) -> tuple[Image.Image, str]:
     """One text line cropped with a small random margin (a PP-OCR recognition-style slice); `family` fixes the
-    font (held-out evaluation sets use fonts no training mix draws)."""
+    font (held-out evaluation sets use fonts no training mix draws); `marks`: the share given text.print_marks."""
     family = family or rng.choice(T.BODY_FAMILIES[lang])
     if bold and rng.random() < bold:
         family = T.BOLD_FAMILY.get(family, family)
     font = T.get_font(family, rng.randint(*size))
     text = T.snippet(rng, lang, max_units or (12 if lang == "en" else 24), technical)
+    if marks and lang == "en" and rng.random() < marks:
+        text = T.print_marks(rng, text)
     top, bot = T.ink_extent(font)
     pad_x, pad_y = rng.randint(2, font.size), rng.randint(2, max(3, font.size // 3))
     w = round(T.text_width(font, text)) + 2 * pad_x

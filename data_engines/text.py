@@ -223,6 +223,37 @@ def heading(rng: random.Random, lang: str, numbered: bool | None = None) -> str:
                        f"Chapter {rng.randint(1, 20)}: {body}", f"Section {rng.randint(1, 12)} {body}"])
 
 
+_OPERATORS = ("=", "==", "!=", "<=", ">=", "->", "=>", "&", "&&", "||", "|", "#", "%", "+", "*", "<", ">", "+=")
+_SIGNS = ("©", "®", "§", "°", "€", "£", "×", "…")
+
+
+def print_marks(rng: random.Random, text: str) -> str:
+    """English text with the marks printed documents use and generated prose rarely draws: a bullet before an
+    item, an em or en dash, curly quotes and apostrophes, capitals throughout (disclaimers), an operator between
+    words (code and formulas in manuals), a sign (© 2019, § 3, 20 °C)."""
+    ws = text.split(" ")
+    at = rng.randrange(len(ws))
+    kind = rng.randrange(7)
+    if kind == 0:
+        return "• " + text
+    if kind == 1:
+        return text.upper()
+    if kind == 2 and len(ws) > 1:
+        dash = rng.choice(["—", "—", " — ", "–", " – "])
+        return " ".join(ws[:max(1, at)]) + dash + " ".join(ws[max(1, at):])
+    if kind == 3:
+        ws[at] = rng.choice(["“{}”", "‘{}’", "{}’s", "{}n’t", "{}’"]).format(ws[at].strip(".,;:"))
+    elif kind == 4:
+        ws.insert(at, rng.choice(_OPERATORS))
+    elif kind == 5:
+        sign = rng.choice(_SIGNS)
+        ws.insert(at, {"©": f"© {rng.randint(1985, 2024)}", "°": f"{rng.randint(-20, 400)} °C",
+                       "§": f"§ {rng.randint(1, 12)}", "×": f"{rng.randint(2, 64)} × {rng.randint(2, 64)}"}.get(sign, sign))
+    else:
+        ws[at] = rng.choice(["“", "\"", "'", "("]) + ws[at] + rng.choice(["”", "\"", "'", ")"])
+    return " ".join(ws)
+
+
 def snippet(rng: random.Random, lang: str, max_units: int, technical: float = 0.0) -> str:
     """A piece of a sentence (1..max_units words, or characters for Chinese): what a text-line slice shows."""
     s = sentence(rng, lang, technical)

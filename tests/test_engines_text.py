@@ -323,6 +323,21 @@ def test_stream_workers_share_the_global_stream():
     assert ranks == [[0, 2, 4], [1, 3, 5]]
 
 
+def test_print_marks_on_line_slices():
+    """marks= gives English line slices a printed document's marks (bullets, dashes, curly quotes, capitals,
+    operators, signs); off by default, when it draws nothing from the stream (existing seeds do not change)."""
+    plain = PlainEngine(lang="en", layout="line").render(random.Random(9)).conversations[1]["value"]
+    assert plain == PlainEngine(lang="en", layout="line", marks=0.0).render(random.Random(9)).conversations[1]["value"]
+    engine = PlainEngine(lang="en", layout="line", marks=1.0)
+    texts = [engine.render(random.Random(f"marks:{i}")).conversations[1]["value"] for i in range(70)]
+    marked = [t for t in texts if any(c in t for c in "•—–“”‘’©®§°€£×…=&|#%+*<>\"'()") or (t.isupper() and len(t) > 3)]
+    assert len(marked) >= 60, texts
+    assert any(t.startswith("• ") for t in texts) and any("—" in t or "–" in t for t in texts)
+    assert any("’" in t for t in texts) and any(t.isupper() for t in texts)
+    with pytest.raises(ValueError, match="marks must be a share"):
+        PlainEngine(marks=-0.1)
+
+
 def test_technical_text_and_bold_lines(tmp_path):
     """technical= puts identifiers, options and paths into the text (what manuals print); bold= sets line slices
     in a bold face. Both are off by default and then draw nothing from the stream, so existing seeds (and the

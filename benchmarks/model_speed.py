@@ -15,7 +15,8 @@ and the KV cache written in place (`ChunkedKVCache`).
 
 Then the decode table (ours only, bf16 unless a variant says fp32): tok/s at each of --batches for each of
 --variants (eager, compiled = the one-token step compiled by inductor as `GOT(compile=True)` runs it, int8 / int4 =
-weight-only, their compiled forms, and `fp32` forms such as eager-fp32, compiled-fp32), for each of --models (the base preset's random weights, the shipped default model). One
+weight-only, their compiled forms, `fp32` forms such as eager-fp32, compiled-fp32, and `batcher` forms such as
+batcher-compiled-fp32: the same steps through got.batcher's own decode loop, without generate()), for each of --models (the base preset's random weights, the shipped default model). One
 process per cell: the first generate pays the compile (reported as "compile s": its first decode step minus a
 steady one), the second is timed; peak RSS is the process's VmHWM; "tokens" says whether the greedy tokens equal
 the eager cell's of the same model and batch. The compile cache goes to TORCHINDUCTOR_CACHE_DIR (set it to keep
@@ -211,6 +212,8 @@ def decode_worker(model: str, variant: str, batch: int, tokens: int, workdir: Pa
     ids = torch.tensor([ids] * batch)
     torch.manual_seed(0)
     pixels = torch.randn(batch, 3, *size)
+    if "batcher" in variant:
+        return dict(batcher_cell(m, variant, ids, pixels, tokens, workdir, model), load_s=load_s)
     extra = {"compile_config": compile_config()} if "compiled" in variant else {}
     runs = []
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
@@ -228,6 +231,42 @@ def decode_worker(model: str, variant: str, batch: int, tokens: int, workdir: Pa
     steps = [b - a for a, b in zip(times, times[1:])]
     step = sorted(steps)[len(steps) // 2]
     return {"tok_s": batch * len(steps) / (times[-1] - times[0]), "step_ms": 1000 * step, "load_s": load_s,
+            "compile_s": max(0.0, (first[1] - first[0]) - step) if "compiled" in variant else 0.0,
+            "peak_rss_gb": peak_rss_gb(), "tokens": new}
+
+
+def batcher_cell(m, variant: str, ids, pixels, tokens: int, workdir: Path, model: str) -> dict:
+    """A decode cell through got.batcher.DecodeBatch (the server's continuous-batching loop, which `got serve
+    --compile` compiles as generate does) instead of transformers' generate: the same prompts and greedy tokens,
+    the stop ids ignored so that every row makes `tokens` steps, without GOT's n-gram ban and repetition guard
+    (the generate cells have neither)."""
+    import torch
+
+    from got.batcher import DecodeBatch
+    from got.checkpoint import resolve_model_dir
+    from got.inference import GOT, Prompt
+    from got.tokenizer import GOTTokenizer
+    from inference_speed import peak_rss_gb
+
+    if model == "tiny":
+        raise SystemExit("batcher cells need a model with a tokenizer: base, default or a model dir")
+    tokenizer = GOTTokenizer.from_dir(workdir / "ours-bf16" if model == "base" else resolve_model_dir(model))
+    got = GOT(m, tokenizer, compile="compiled" in variant)
+    got.stop_ids, got.no_repeat_ngram_size, got.repetition_guard = [], 0, None
+    prompts = [Prompt("bench", "plain", row, pixels[b:b + 1]) for b, row in enumerate(ids.tolist())]
+    runs = []
+    for _ in range(2):  # the first pays the compile
+        batch, times = DecodeBatch(got), []
+        batch.admit(prompts, [tokens] * len(prompts))
+        times.append(time.perf_counter())
+        while batch.seqs and not batch.seqs[0].finish:
+            batch.step()
+            times.append(time.perf_counter())
+        runs.append((times, [s.new for s in batch.seqs]))
+    (first, _), (times, new) = runs
+    steps = sorted(b - a for a, b in zip(times, times[1:]))
+    step = steps[len(steps) // 2]
+    return {"tok_s": len(prompts) * len(steps) / (times[-1] - times[0]), "step_ms": 1000 * step,
             "compile_s": max(0.0, (first[1] - first[0]) - step) if "compiled" in variant else 0.0,
             "peak_rss_gb": peak_rss_gb(), "tokens": new}
 

@@ -22,7 +22,7 @@ import torch
 from transformers.cache_utils import DynamicCache
 from transformers.generation.logits_process import NoRepeatNGramLogitsProcessor
 
-from got.decode import ChunkedKVCache
+from got.decode import ChunkedKVCache, compile_config
 from got.inference import GOT, Answer, Prompt, TextPieceStreamer, left_padded
 
 Emit = Callable[[str, int, object], None]  # (kind, row index, payload): "text" piece / "answer" Answer / "error" str
@@ -102,6 +102,8 @@ class DecodeBatch:
         if other.get("do_sample") or other.get("num_beams", 1) != 1:
             raise ValueError(f"continuous batching decodes greedily; GOT.generation asks for {other}")
         self.got, self.seqs = got, []
+        # GOT(compile=True): the one-token step compiled as transformers' generate compiles it; prompts stay eager
+        self.decode_step = got.model.decoder.get_compiled_call(compile_config()) if got.compile else got.model.decoder
         self.cache = None
         self.mask: torch.Tensor | None = None  # (rows, cached columns): 1 where a row has a token
 
@@ -172,9 +174,12 @@ class DecodeBatch:
         tokens = torch.tensor([[s.ids[-1]] for s in self.seqs], device=got.device)
         positions = torch.tensor([[len(s.ids) - 1] for s in self.seqs], device=got.device)
         self.mask = torch.cat([self.mask, torch.ones(len(self.seqs), 1, dtype=self.mask.dtype)], 1)
+        # as generate() does: over a compileable cache the 4D mask is built here, eagerly, at the cache's capacity,
+        # so a compiled step sees the same shapes until the cache grows
+        inputs = got.model.decoder.prepare_inputs_for_generation(tokens, cache=self.cache, position_ids=positions,
+                                                                 attention_mask=self.mask.to(got.device))
         with got._autocast():
-            logits = got.model.decoder(input_ids=tokens, attention_mask=self.mask.to(got.device),
-                                       position_ids=positions, past_key_values=self.cache, use_cache=True).logits[:, -1]
+            logits = self.decode_step(**inputs, use_cache=True).logits[:, -1]
         share = (time.perf_counter() - t0) / len(self.seqs)
         for seq, token in zip(self.seqs, self._choose(self.seqs, logits)):
             seq.seconds += share

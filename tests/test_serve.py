@@ -164,6 +164,39 @@ def test_rows_join_and_leave_between_steps_with_the_answers_of_got_chat(got):
     assert batch.cache is None and len(batch) == 0
 
 
+def test_compiled_batch_steps_give_the_eager_answers(got, monkeypatch):
+    """`got serve --compile`: the batcher's one-token step compiled (dynamo's aot_eager backend here, the same
+    capture and guards as inductor in seconds) answers as GOT.chat does, rows joining and leaving, without a
+    compile per token."""
+    import torch._dynamo
+
+    import got.batcher as batcher_module
+    from got.batcher import DecodeBatch
+    from got.decode import compile_config
+
+    monkeypatch.setattr(batcher_module, "compile_config", lambda: compile_config("aot_eager"))
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    compiled = GOT(got.model, got.tokenizer, compile=True)
+    images = [noise(200 + 40 * i, 160, 60 + i) for i in range(3)]
+    limits = [20, 8, 14]
+    batch, done = DecodeBatch(compiled), {}
+    batch.admit([compiled.prepare(images[0])[0]], [limits[0]], [0])
+    for step in range(40):
+        if step == 3:
+            batch.admit([compiled.prepare(im)[0] for im in images[1:]], limits[1:], [1, 2])
+        finished = [s for s in batch.seqs if s.finish]
+        done.update({s.tag: batch.answer(s) for s in finished})
+        batch.drop(finished)
+        if len(batch):
+            batch.step()
+    assert sorted(done) == [0, 1, 2]
+    for i, im in enumerate(images):
+        assert done[i].text == got.chat(im, max_new_tokens=limits[i]), i
+    frames = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    assert 0 < frames <= 8, frames
+
+
 def test_a_late_request_starts_before_the_running_batch_ends(got):
     """A request sent while another decodes gets its answer at the next steps, not after the long one."""
     order, seen = [], {}

@@ -384,41 +384,48 @@ class GOT:
             box = (max(0, x0), max(0, y0), min(image.width, x1), min(image.height, y1))
             if box[2] - box[0] < 1 or box[3] - box[1] < 1:
                 raise ValueError(f"{where}: box {list(box)} holds no pixels of the {image.width}x{image.height} image")
-            image, segments, probed = image, line_segments(image, box, self.max_aspect), {}
+            segments = line_segments(image, box, self.max_aspect)
+            pixels, probed = self._crops(image, segments), {}
         else:
-            image, segments, probed = self._upright(image)
-        crops = [image.crop(g.box) for g in segments]
-        prompt = self._prompt(source, label, crops[:1] or [image], Query(), page, t0, index)
-        pixels = self.inputs.pixels(crops, Query()) if crops else prompt.pixel_values[:0]
-        prompt.pixel_values, prompt.segments, prompt.multi_page = pixels.to(self.dtype), segments, False
-        prompt.ctc = probed
+            image, segments, pixels, probed = self._upright(image)
+        prompt = self._prompt(source, label, [image.crop(segments[0].box) if segments else image], Query(), page,
+                              t0, index)
+        prompt.pixel_values = prompt.pixel_values[:0] if pixels is None else pixels
+        prompt.segments, prompt.multi_page, prompt.ctc = segments, False, probed
         return prompt
 
+    def _crops(self, image: Image.Image, segments: list) -> torch.Tensor | None:
+        """The segments' crops as model input (None for none)."""
+        crops = [image.crop(g.box) for g in segments]
+        return self.inputs.pixels(crops, Query()).to(self.dtype) if crops else None
+
     @torch.inference_mode()
-    def _upright(self, image: Image.Image, probe: int = 8) -> tuple[Image.Image, list, dict[int, tuple[str, float]]]:
-        """(page, its line segments, the CTC reads of the probed segments), the page turned back if it was turned
-        by 90, 180 or 270 degrees (PP-OCR's direction classifier, done with the tower's CTC head): the first
+    def _upright(self, image: Image.Image, probe: int = 8) -> tuple[Image.Image, list, torch.Tensor | None, dict]:
+        """(page, its line segments, their crops as model input, the CTC reads of the probed segments: row -> (text,
+        confidence)), the page turned back if it was turned by 90, 180 or 270 degrees (PP-OCR's direction
+        classifier, done with the tower's CTC head): the first
         `probe` line crops are read as the page stands and, unless that read is confident, the page is turned
         each way and laid out again; the most confident turn wins if it beats the page as it stands by 0.08 over
         at least 20 characters (a word or two cannot tell). The probe's reads are the page's first reads (the
         tower reads a crop the same alone or in a batch). Without a CTC head the page is kept as it is."""
         from got.layout import line_segments
 
-        def read(page: Image.Image) -> tuple[float, int, Image.Image, list, dict]:
+        def read(page: Image.Image) -> tuple[float, int, Image.Image, list, torch.Tensor | None, dict]:
             segments = line_segments(page, max_aspect=self.max_aspect)
+            pixels = self._crops(page, segments)
             rows = [i for i, g in enumerate(segments) if g.text is None][:probe]
             if not rows:
-                return 0.0, 0, page, segments, {}
-            pixels = self.inputs.pixels([page.crop(segments[i].box) for i in rows], Query()).to(self.dtype)
+                return 0.0, 0, page, segments, pixels, {}
             with self._autocast():
-                reads = tower.ctc_decode(tower(pixels.to(self.device)))
+                reads = tower.ctc_decode(tower(pixels[rows].to(self.device)))
             chars = sum(len(t) for t, _ in reads)
             score = sum(conf * len(t) for t, conf in reads) / chars if chars else 0.0
-            return score, chars, page, segments, dict(zip(rows, reads))
+            return score, chars, page, segments, pixels, dict(zip(rows, reads))
 
         tower = self.model.vision_tower
         if tower.ctc_head is None:
-            return image, line_segments(image, max_aspect=self.max_aspect), {}
+            segments = line_segments(image, max_aspect=self.max_aspect)
+            return image, segments, self._crops(image, segments), {}
         score, _, *standing = read(image)
         if score >= 0.9:
             return tuple(standing)

@@ -24,8 +24,8 @@ CPU_BLOCK_ELEMENTS = 2**21
 # width). A 1024 px tile of the base preset (~25 MB) goes alone and stays in cache; a batch of 8 such tiles streams
 # through memory and costs ~25% more per tile. A page's line crops (160 KB each in the default model) go a dozen
 # together: one at a time, their small GEMMs and per-op overheads cost ~1.6x per crop on one core (24 against 15 ms).
-# Each batch size costs oneDNN primitives (with scratchpads) that stay cached: on real pages a dozen per pass peaks
-# ~0.2 GB above one at a time, four per pass ~0.02 GB, and reads ~10% slower than a dozen (docs/default_model.md).
+# Each batch size costs oneDNN primitives (with scratchpads) that stay cached: reading 25 real pages, a dozen per
+# pass peaks at 0.80 GB, four per pass at 0.61 GB but ~10% slower (docs/default_model.md).
 CPU_CHUNK_BYTES = 2 * 2**20
 
 

@@ -403,11 +403,11 @@ class GOT:
     def _upright(self, image: Image.Image, probe: int = 8) -> tuple[Image.Image, list, torch.Tensor | None, dict]:
         """(page, its line segments, their crops as model input, the CTC reads of the probed segments: row -> (text,
         confidence)), the page turned back if it was turned by 90, 180 or 270 degrees (PP-OCR's direction
-        classifier, done with the tower's CTC head): the first
-        `probe` line crops are read as the page stands and, unless that read is confident, the page is turned
-        each way and laid out again; the most confident turn wins if it beats the page as it stands by 0.08 over
-        at least 20 characters (a word or two cannot tell). The probe's reads are the page's first reads (the
-        tower reads a crop the same alone or in a batch). Without a CTC head the page is kept as it is."""
+        classifier, done with the tower's CTC head): the first `probe` line crops are read as the page stands and,
+        unless that read is confident, the page is turned each way and laid out again; the most confident turn wins
+        if it beats the page as it stands by 0.08 over at least 20 characters (a word or two cannot tell). The
+        probe's reads are the page's first reads (the tower reads a crop the same alone or in a batch). Without a
+        CTC head the page is kept as it is."""
         from got.layout import line_segments
 
         def read(page: Image.Image) -> tuple[float, int, Image.Image, list, torch.Tensor | None, dict]:

@@ -413,7 +413,7 @@ class GOT:
         def read(page: Image.Image) -> tuple[float, int, Image.Image, list, torch.Tensor | None, dict]:
             segments = line_segments(page, max_aspect=self.max_aspect)
             pixels = self._crops(page, segments)
-            rows = [i for i, g in enumerate(segments) if g.text is None][:probe]
+            rows = [i for i, g in enumerate(segments) if g.text is None][:probe] if tower.ctc_head is not None else []
             if not rows:
                 return 0.0, 0, page, segments, pixels, {}
             with self._autocast():
@@ -423,11 +423,8 @@ class GOT:
             return score, chars, page, segments, pixels, dict(zip(rows, reads))
 
         tower = self.model.vision_tower
-        if tower.ctc_head is None:
-            segments = line_segments(image, max_aspect=self.max_aspect)
-            return image, segments, self._crops(image, segments), {}
         score, _, *standing = read(image)
-        if score >= 0.9:
+        if score >= 0.9 or tower.ctc_head is None:
             return tuple(standing)
         turns = [read(image.rotate(angle, expand=True)) for angle in (180, 90, 270)]
         best_score, chars, *best = max(turns, key=lambda r: r[0] if r[1] >= 20 else -1.0)

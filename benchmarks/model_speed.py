@@ -182,7 +182,7 @@ def decode_worker(model: str, variant: str, batch: int, tokens: int, workdir: Pa
 
     from got.checkpoint import load_model, resolve_model_dir
     from got.config import load_config
-    from got.decode import ChunkedKVCache, compile_config, use_decode_attention
+    from got.decode import use_decode_attention
     from got.modeling import GOTModel
     from got.quantize import quantize_weights
     from inference_speed import peak_rss_gb
@@ -213,20 +213,9 @@ def decode_worker(model: str, variant: str, batch: int, tokens: int, workdir: Pa
     torch.manual_seed(0)
     pixels = torch.randn(batch, 3, *size)
     if "batcher" in variant:
-        return dict(batcher_cell(m, variant, ids, pixels, tokens, workdir, model), load_s=load_s)
-    extra = {"compile_config": compile_config()} if "compiled" in variant else {}
-    runs = []
-    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
-        features = m.encode_images(pixels)  # encoded once: the table is about decoding
-        for _ in range(2):
-            clock = Clock()
-            embeds = m.merge_image_features(ids, m.decoder.get_input_embeddings()(ids), features)
-            out = m.decoder.generate(input_ids=ids, inputs_embeds=embeds, attention_mask=torch.ones_like(ids),
-                                     max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False,
-                                     eos_token_id=cfg.im_end_id, pad_token_id=cfg.endoftext_id,
-                                     stopping_criteria=StoppingCriteriaList([clock]), past_key_values=ChunkedKVCache(),
-                                     **extra)
-            runs.append((clock.times, out[:, ids.shape[1]:].tolist()))
+        runs = batcher_runs(m, variant, ids, pixels, tokens, workdir, model)
+    else:
+        runs = generate_runs(m, ids, pixels, tokens, dtype, compiled="compiled" in variant)
     (first, _), (times, new) = runs
     steps = [b - a for a, b in zip(times, times[1:])]
     step = sorted(steps)[len(steps) // 2]
@@ -235,18 +224,37 @@ def decode_worker(model: str, variant: str, batch: int, tokens: int, workdir: Pa
             "peak_rss_gb": peak_rss_gb(), "tokens": new}
 
 
-def batcher_cell(m, variant: str, ids, pixels, tokens: int, workdir: Path, model: str) -> dict:
-    """A decode cell through got.batcher.DecodeBatch (the server's continuous-batching loop, which `got serve
-    --compile` compiles as generate does) instead of transformers' generate: the same prompts and greedy tokens,
-    the stop ids ignored so that every row makes `tokens` steps, without GOT's n-gram ban and repetition guard
-    (the generate cells have neither)."""
+def generate_runs(m, ids, pixels, tokens: int, dtype, compiled: bool) -> list[tuple[list, list]]:
+    """Two runs (token timestamps, new tokens) of a decode cell through transformers' generate()."""
     import torch
 
+    from got.decode import ChunkedKVCache, compile_config
+
+    extra = {"compile_config": compile_config()} if compiled else {}
+    cfg, runs = m.config, []
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        features = m.encode_images(pixels)  # encoded once: the table is about decoding
+        for _ in range(2):  # the first pays the compile
+            clock = Clock()
+            embeds = m.merge_image_features(ids, m.decoder.get_input_embeddings()(ids), features)
+            out = m.decoder.generate(input_ids=ids, inputs_embeds=embeds, attention_mask=torch.ones_like(ids),
+                                     max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False,
+                                     eos_token_id=cfg.im_end_id, pad_token_id=cfg.endoftext_id,
+                                     stopping_criteria=StoppingCriteriaList([clock]), past_key_values=ChunkedKVCache(),
+                                     **extra)
+            runs.append((clock.times, out[:, ids.shape[1]:].tolist()))
+    return runs
+
+
+def batcher_runs(m, variant: str, ids, pixels, tokens: int, workdir: Path, model: str) -> list[tuple[list, list]]:
+    """Two runs (token timestamps, new tokens) of a decode cell through got.batcher.DecodeBatch (the server's
+    continuous-batching loop, which `got serve --compile` compiles as generate does) instead of transformers'
+    generate: the same prompts and greedy tokens, the stop ids ignored so that every row makes `tokens` steps,
+    without GOT's n-gram ban and repetition guard (the generate cells have neither)."""
     from got.batcher import DecodeBatch
     from got.checkpoint import resolve_model_dir
     from got.inference import GOT, Prompt
     from got.tokenizer import GOTTokenizer
-    from inference_speed import peak_rss_gb
 
     if model == "tiny":
         raise SystemExit("batcher cells need a model with a tokenizer: base, default or a model dir")
@@ -263,12 +271,7 @@ def batcher_cell(m, variant: str, ids, pixels, tokens: int, workdir: Path, model
             batch.step()
             times.append(time.perf_counter())
         runs.append((times, [s.new for s in batch.seqs]))
-    (first, _), (times, new) = runs
-    steps = sorted(b - a for a, b in zip(times, times[1:]))
-    step = steps[len(steps) // 2]
-    return {"tok_s": len(prompts) * len(steps) / (times[-1] - times[0]), "step_ms": 1000 * step,
-            "compile_s": max(0.0, (first[1] - first[0]) - step) if "compiled" in variant else 0.0,
-            "peak_rss_gb": peak_rss_gb(), "tokens": new}
+    return runs
 
 
 def decode_table(args) -> None:

@@ -123,11 +123,56 @@ def _entity(rng: random.Random, lang: str) -> str:
 _EXTS = ("c", "h", "py", "txt", "conf", "pdf", "html", "json", "sh", "xml", "md", "log")
 
 
+def _digit_name(rng: random.Random, ws: list[str]) -> str:
+    """A name with digits in it: a library (libtasn1, bzip2), a constant or prefix (BZ2, MYPKIX1, LZMA2_OK), a
+    call with a digit prefix (BZ2_bzRead), an encoding or architecture (ISO-8859-1, x86_64, UTF-8)."""
+    caps = "".join(rng.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZ") for _ in range(rng.randint(1, 5)))
+    num = str(rng.choice([1, 1, 2, 2, 3, 4, 5, 6, 8, 11, 16, 32, 64, 88, 256, rng.randint(0, 999)]))
+    form = rng.randrange(6)
+    if form == 0:
+        return rng.choice(["lib", "", ""]) + ws[0].lower() + num
+    if form == 1:
+        return caps + num + rng.choice(["", "", "_OK", "_" + ws[0].upper()])
+    if form == 2:
+        return caps + num + "_" + ws[0].lower() + "".join(w.capitalize() for w in ws[1:])
+    if form == 3:
+        return ws[0].lower() + num + ws[1].capitalize()
+    if form == 4:
+        return rng.choice(["ISO-8859-{}", "UTF-{}", "x86_{}", "IPv{}", "SHA{}", "MD{}", "X{}", "{}-bit"]).format(num)
+    return caps + num + "." + rng.choice([w.capitalize() for w in ws])
+
+
+def _address_or_grammar(rng: random.Random, ws: list[str]) -> str:
+    """A web or mail address (as manuals print them, sometimes in angle brackets) or a piece of a grammar or code
+    listing: braces, brackets, ::=, <placeholders>."""
+    host = rng.choice(["www.gnu.org", "gnu.org", "example.org", "sourceware.org", "github.com", "debian.org",
+                       ws[0].lower() + ".org", ws[0].lower() + ".net"])
+    form = rng.randrange(6)
+    if form == 0:
+        url = rng.choice(["https", "https", "http", "ftp"]) + "://" + host + "/" + "/".join(w.lower() for w in ws[1:3])
+        return f"<{url}/>" if rng.random() < 0.4 else url
+    if form == 1:
+        return "-".join(w.lower() for w in ws[:rng.randint(1, 2)]) + "@" + host
+    if form == 2:
+        return rng.choice(["{ ", "{"]) + ws[0] + rng.choice([" }", "}", ", ... }"])
+    if form == 3:
+        return ws[0].capitalize() + rng.choice([" ::= ", " ::=", " := "]) + ws[1].upper()
+    if form == 4:
+        return "<" + " ".join(ws[:2]) + ">"
+    return ws[0] + rng.choice(["[{}]", "[{}]", "({})", "{{{}}}"]).format(rng.choice(["n", "i", "0", "1", "2", "k"]))
+
+
 def technical_token(rng: random.Random) -> str:
     """What manuals and reports print that prose does not: identifiers (snake_case, CONSTANTS, CamelCase, calls,
-    dotted names), command-line options, paths, file names, versions, section and figure references, hex numbers."""
+    dotted names, names with digits such as bzip2, BZ2_bzRead, x86_64), command-line options, paths, file names,
+    versions, section and figure references, hex numbers, web addresses, mail addresses and grammar punctuation
+    ({ }, ::=, [n]). The digit kinds teach 1 against l and 2 against Z, which the real pages confused."""
     ws = [w[:rng.randint(3, 8)] if rng.random() < 0.3 else w for w in words(rng, "en", rng.randint(2, 4))]
-    kind = rng.randrange(10)
+    kind = rng.randrange(12)
+    if kind == 10:
+        return _digit_name(rng, ws)
+    if kind == 11:
+        return _address_or_grammar(rng, ws)
     if kind == 0:
         return rng.choice(["", "", "glp_", "lib", "py_", "x"]) + "_".join(ws)
     if kind == 1:

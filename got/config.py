@@ -77,6 +77,11 @@ class VisionConfig:
             raise ValueError("vision.ctc_answers needs a CTC head (vision.ctc_charset)")
 
     @property
+    def reads_lines(self) -> bool:
+        """A text-line preset (wide, short input: image_size [height, width])."""
+        return not isinstance(self.image_size, int)
+
+    @property
     def image_hw(self) -> tuple[int, int]:
         """(height, width) of one input tile."""
         s = self.image_size

@@ -417,7 +417,7 @@ class GOT:
             if not rows:
                 return 0.0, 0, page, segments, pixels, {}
             with self._autocast():
-                reads = tower.ctc_decode(tower(pixels[rows].to(self.device)))
+                reads = tower.ctc_read(pixels[rows].to(self.device))
             chars = sum(len(t) for t, _ in reads)
             score = sum(conf * len(t) for t, conf in reads) / chars if chars else 0.0
             return score, chars, page, segments, pixels, dict(zip(rows, reads))
@@ -535,7 +535,7 @@ class GOT:
         todo = [i for i in rows if i not in known]
         if todo:
             with self._autocast():
-                known.update(zip(todo, tower.ctc_decode(tower(pixels[todo].to(self.device)))))
+                known.update(zip(todo, tower.ctc_read(pixels[todo].to(self.device))))
         out = [""] * len(pixels)
         for i in rows:
             text, conf = known[i]

@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from data_engines.fonts import HELD_OUT_FAMILIES
@@ -41,6 +42,22 @@ def test_reads_fresh_lines(model):
     reads = model.chat_batch([im for im, _ in lines], batch_size=10)
     errors = sum(cer(r, t) * len(t) for r, (_, t) in zip(reads, lines))
     assert errors / sum(len(t) for _, t in lines) <= 0.03, list(zip(reads, [t for _, t in lines]))
+
+
+def test_lines_read_at_their_content_width_as_well_as_at_full_width(model):
+    """Pages' crops are read at their content width (VisionTower.ctc_read, ~1.5x faster on real pages); on 200
+    held-out lines that read at CER 0.0005 against 0.0004 at full width (docs/default_model.md)."""
+    rng = random.Random(SEED + 7)
+    lines = [render_line(rng, "en") for _ in range(20)]
+    tower = model.model.vision_tower
+    pixels = torch.stack([model.processor.preprocess(im) for im, _ in lines]).to(model.dtype)
+    with model._autocast():
+        narrow = [t.strip() for t, _ in tower.ctc_read(pixels)]  # stripped, as pages' reads are (GOT._ctc_reads)
+        full = [t.strip() for t, _ in tower.ctc_decode(tower(pixels))]
+    truth = [t for _, t in lines]
+    n = sum(len(t) for t in truth)
+    errors = [sum(cer(r, t) * len(t) for r, t in zip(reads, truth)) / n for reads in (narrow, full)]
+    assert errors[0] <= errors[1] + 0.005, list(zip(narrow, full, truth))
 
 
 def test_reads_a_paragraph_in_an_unseen_font(model):

@@ -142,6 +142,34 @@ def test_a_line_crop_reads_the_same_alone_or_in_a_batch():
         assert all(torch.equal(tower(pixels[i:i + 1])[0], batch[i]) for i in range(len(pixels)))
 
 
+def test_a_line_is_read_at_its_content_width_on_a_crop_of_the_trained_grid():
+    """A line preset reads a crop at its content width (ctc_read): the narrower grid takes the left columns of
+    pos_embed and the middle rows of the rel-pos tables, the same positions and offsets as at full width (not
+    resized), and crops are grouped by their rounded width."""
+    import got.vision_tower as vt
+
+    torch.manual_seed(0)
+    cfg = VisionConfig(image_size=[32, 1024], patch_size=8, embed_dim=40, depth=2, num_heads=2, mlp_dim=80,
+                       window_size=4, global_attn_indexes=[1], neck_channels=16, net2_channels=32, out_channels=32,
+                       neck_stride=[2, 1], ctc_charset="abc ")
+    tower = VisionTower(cfg).eval()
+    with torch.no_grad():
+        for name, p in tower.named_parameters():
+            if "rel_pos" in name or "pos_embed" in name:
+                p.normal_(0, 0.5)
+    assert torch.equal(tower._pos_embed(4, 48), tower.pos_embed[:, :, :48])
+    table = tower.blocks[1].attn.rel_pos_w  # global: trained for 128 token columns
+    assert torch.equal(get_rel_pos(48, 48, table, crop=True), get_rel_pos(128, 128, table)[:48, :48])
+    assert not torch.equal(get_rel_pos(48, 48, table), get_rel_pos(128, 128, table)[:48, :48])  # SAM resizes
+    pixels = torch.full((3, 3, 32, 1024), 0.7)
+    for crop, ink in enumerate((300, 10, 1000)):  # content ends at px 300, 10, 1000 -> read 384, 128, 1024 wide
+        pixels[crop, :, 8:24, :ink] = torch.rand(3, 16, ink)
+    with torch.inference_mode():
+        reads = tower.ctc_read(pixels)
+        want = [tower.ctc_decode(tower(pixels[i:i + 1, ..., :w]))[0] for i, w in enumerate((384, 128, 1024))]
+    assert reads == want and reads[0] != tower.ctc_decode(tower(pixels[:1]))[0]
+
+
 def test_vision_tower_shapes_and_other_sizes(tiny):
     vt = tiny.vision_tower
     with torch.no_grad():

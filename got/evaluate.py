@@ -136,10 +136,12 @@ class GOTSystem:
 
     def read(self, samples: Sequence[EvalSample], progress=None) -> list[tuple[str, float]]:
         """Prepared and generated a batch at a time: a prepared page holds its tiles or line crops (a real page's
-        ~60 crops: ~12 MB), so preparing a whole chunk first would hold all of them at once."""
+        ~60 crops: ~12 MB), so preparing a whole chunk first would hold all of them at once. A line model
+        prepares and reads several pages at once (GOT.map_pages)."""
         answers = []
         for start in range(0, len(samples), self.batch_size):
-            answers += self.got.generate([self._prompt(s) for s in samples[start:start + self.batch_size]],
+            prompts = list(self.got.map_pages(self._prompt, samples[start:start + self.batch_size]))
+            answers += self.got.generate(prompts,
                                          max_new_tokens=self.max_new_tokens, batch_size=self.batch_size,
                                          on_batch=(lambda done: progress(len(done))) if progress else None)
         return [(a.text, a.seconds) for a in answers]

@@ -75,6 +75,23 @@ def test_two_columns_in_column_order(model):
     assert cer(answer.split("\n")[0], left) <= 0.2 and cer(answer.split("\n")[-1], right) <= 0.2, answer
 
 
+def test_pages_read_together_read_as_one_by_one(model, monkeypatch):
+    """A line model on CPU reads several pages at once (GOT.map_pages: threads, one torch thread each); the answers
+    are those of one page at a time, in order, and the torch thread count is restored."""
+    import got.inference as inference
+
+    pages = [held_out_page(SEED + 10 + i, 1, "serif", size=(600, 220))[0] for i in range(3)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # two pages at once, whatever the machine
+    try:
+        together = model.chat_batch(pages)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+    monkeypatch.setattr(inference, "PAGE_WORKERS", 1)
+    assert together == model.chat_batch(pages) and all(together)
+
+
 def test_blank_and_noise_give_no_text(model):
     blank = Image.new("RGB", (800, 600), (250, 250, 245))
     noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (400, 400, 3), dtype=np.uint8))

@@ -736,9 +736,8 @@ class GOT:
             base = as_query(query, options)
         except TypeError as e:
             raise TypeError(f"chat_batch(): {e}") from None
-        per_item: list[list[Prompt]] = []
-        for i, item in enumerate(items):
-            q = base
+        def prepare(i: int) -> list[Prompt]:
+            item, q = items[i], base
             if isinstance(item, dict):
                 item = dict(item)
                 if "image" not in item:
@@ -748,7 +747,9 @@ class GOT:
                 if bad:
                     raise ValueError(f"item #{i}: unknown options {sorted(bad)}; allowed: {', '.join(CHAT_OPTIONS)}")
                 q, item = replace(base, **item), image
-            per_item.append(self.prepare(item, q, index=i))
+            return self.prepare(item, q, index=i)
+
+        per_item = list(self.map_pages(prepare, range(len(items))))
         flat = [p for ps in per_item for p in ps]
         texts = iter(a.text for a in self.generate(flat, max_new_tokens=max_new_tokens, batch_size=batch_size))
         out: list[str | list[str]] = []

@@ -521,7 +521,7 @@ class GOT:
     def map_pages(self, fn: Callable, items: Sequence) -> Iterator:
         """fn(item) for each item, yielded in order. A line model on CPU works on PAGE_WORKERS pages at once
         (one per core, threads with one torch thread each): a page's small ops use two cores worse than two
-        pages use one each (real pages +19%, docs/default_model.md). Other models, one item at a time (their
+        pages use one each (real pages 1.3x, docs/default_model.md). Other models, one item at a time (their
         batches use the cores)."""
         workers = min(PAGE_WORKERS, torch.get_num_threads(), len(items))
         if not self.line_model or self.device.type != "cpu" or self.compile:
@@ -736,6 +736,7 @@ class GOT:
             base = as_query(query, options)
         except TypeError as e:
             raise TypeError(f"chat_batch(): {e}") from None
+
         def prepare(i: int) -> list[Prompt]:
             item, q = items[i], base
             if isinstance(item, dict):

@@ -108,8 +108,9 @@ class Attention(nn.Module):
         # bias[(h,w),(kh,kw)] = q.Rh[h,kh] + q.Rw[w,kw]: two small matmuls here, broadcast to (N, N) per chunk.
         # contiguous(): einsum returns permuted layouts, which would make every broadcast add below copy again.
         r_q = q.reshape(-1, H, W, q.shape[-1])
-        rel_h = torch.einsum("bhwc,hkc->bhwk", r_q, get_rel_pos(H, H, self.rel_pos_h, self.crop).to(q.dtype)).contiguous()
-        rel_w = torch.einsum("bhwc,wkc->bhwk", r_q, get_rel_pos(W, W, self.rel_pos_w, self.crop).to(q.dtype)).contiguous()
+        r_h, r_w = (get_rel_pos(n, n, t, self.crop).to(q.dtype) for n, t in ((H, self.rel_pos_h), (W, self.rel_pos_w)))
+        rel_h = torch.einsum("bhwc,hkc->bhwk", r_q, r_h).contiguous()
+        rel_w = torch.einsum("bhwc,wkc->bhwk", r_q, r_w).contiguous()
         if q.device.type == "cpu" and not torch.is_grad_enabled():
             o = _blocked_attention(q, k, v, rel_h, rel_w)
         else:

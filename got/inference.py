@@ -285,7 +285,7 @@ class GOT:
         self.inputs = GOTProcessor(tokenizer, self.config.image_size, self.config.image_token_len)
         self.processor = self.inputs.image
         # A text-line preset (non-square input) reads pages through got.layout, line by line (docs/default_model.md)
-        self.line_model = self.processor.line_hw is not None
+        self.line_model = self.config.vision.reads_lines
         self.line_batch = 32  # line crops generated together (a page's segments; short prompts, short answers)
         # a crop at most 3/4 as wide (for its height) as the input: ~75 characters, within the 128 tokens' reach
         self.max_aspect = 0.75 * self.processor.line_hw[1] / self.processor.line_hw[0] if self.line_model else None

@@ -22,10 +22,11 @@ MASK_CHUNK_BYTES = 256 * 2**20
 CPU_BLOCK_ELEMENTS = 2**21
 # CPU inference: tiles go through the tower in chunks of at most this many bytes of activations (patch tokens x
 # width). A 1024 px tile of the base preset (~25 MB) goes alone and stays in cache; a batch of 8 such tiles streams
-# through memory and costs ~25% more per tile. A page's line crops (160 KB each in the default model) go a dozen
-# together: one at a time, their small GEMMs and per-op overheads cost ~1.6x per crop on one core (24 against 15 ms).
-# Each batch size costs oneDNN primitives (with scratchpads) that stay cached: reading 25 real pages, a dozen per
-# pass peaks at 0.80 GB, four per pass at 0.61 GB but ~10% slower (docs/default_model.md).
+# through memory and costs ~25% more per tile. A page's line crops (160 KB each at full width in the default model)
+# go eight together (batches are powers of two: _power_of_two_parts), more at narrower widths (ctc_read): one at a
+# time, their small GEMMs and per-op overheads cost ~1.6x per crop on one core (24 against 15 ms). Each batch shape
+# costs oneDNN primitives (with scratchpads) that stay cached: reading 25 real pages, a dozen per pass peaked at
+# 0.80 GB, four per pass at 0.61 GB but ~10% slower (docs/default_model.md).
 CPU_CHUNK_BYTES = 2 * 2**20
 # A line preset reads a line crop (right-padded to the input width with a constant colour, got.processor.fit_line)
 # at its content width plus at least LINE_MARGIN px, rounded up to LINE_STEP px: a real page's crops hold ~40% text
@@ -270,7 +271,7 @@ class VisionTower(nn.Module):
         """Line crops (N, 3, H, W) -> ctc_decode's (text, confidence) each, every crop read at its content width
         (LINE_STEP, LINE_MARGIN), crops of one width together. A line preset only: its crops are right-padded
         with one colour, and a narrower grid is a crop of the trained one (pos_embed and rel_pos sliced, not
-        resized); on the default model this reads real pages ~1.6x faster, at the same CER."""
+        resized); on the default model this reads real pages ~1.5x faster, at about the same CER."""
         if not self.config.reads_lines:
             return self.ctc_decode(self(pixel_values))
         full = pixel_values.shape[-1]

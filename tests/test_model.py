@@ -138,7 +138,7 @@ def test_a_line_crop_reads_the_same_alone_or_in_a_batch():
     tower = VisionTower(cfg).to(torch.bfloat16).eval()
     pixels = torch.randn(7, 3, 32, 1024, dtype=torch.bfloat16)
     with torch.inference_mode():
-        batch = tower(pixels)  # 160 KB of activations per crop: one pass
+        batch = tower(pixels)  # 160 KB of activations per crop: passes of 4, 2 and 1 (powers of two)
         assert all(torch.equal(tower(pixels[i:i + 1])[0], batch[i]) for i in range(len(pixels)))
 
 

@@ -23,7 +23,8 @@ from transformers.cache_utils import DynamicCache
 from transformers.generation.logits_process import NoRepeatNGramLogitsProcessor
 
 from got.decode import ChunkedKVCache, compile_config
-from got.inference import GOT, Answer, Prompt, TextPieceStreamer, left_padded
+from got.generation import TextPieceStreamer
+from got.inference import GOT, Answer, Prompt, left_padded
 
 Emit = Callable[[str, int, object], None]  # (kind, row index, payload): "text" piece / "answer" Answer / "error" str
 

@@ -23,10 +23,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 from safetensors.torch import load_file, save_file
 
 from got.config import GOTConfig, VisionConfig, load_config
-from got.modeling import GOTModel
+from got.modeling import GOTModel, build_decoder
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -285,12 +286,15 @@ def _resize_positional(sd: dict[str, torch.Tensor], model: GOTModel, notes: list
         notes.append(f"resized {k} {tuple(v.shape)} -> {tuple(own[k].shape)}")
 
 
-def load_weights(model: GOTModel, sd: dict[str, torch.Tensor], strict: bool = True, source: str = "checkpoint") -> list[str]:
-    """Load our-named weights; missing / unexpected / mis-shaped keys are reported by name (ValueError when strict)."""
+def load_weights(model: nn.Module, sd: dict[str, torch.Tensor], strict: bool = True, source: str = "checkpoint",
+                 tied: bool | None = None) -> list[str]:
+    """Load our-named weights; missing / unexpected / mis-shaped keys are reported by name (ValueError when strict).
+    `model`: a GOTModel, or a module holding just its `.decoder` (a deferred decoder's load; then give `tied`)."""
     notes: list[str] = []
-    _resize_positional(sd, model, notes)
+    if isinstance(model, GOTModel):
+        _resize_positional(sd, model, notes)
+        tied = model.config.tied_embeddings
     own = model.state_dict()
-    tied = model.decoder.config.tie_word_embeddings
     lm_key = "decoder.lm_head.weight"
     if tied and lm_key in sd:
         emb_key = next(k for k in own if k.endswith("embed_tokens.weight"))
@@ -317,9 +321,12 @@ def load_weights(model: GOTModel, sd: dict[str, torch.Tensor], strict: bool = Tr
 
 
 def load_model(path: str | Path, config: str | GOTConfig | None = None, dtype: torch.dtype | None = None,
-               device: str | torch.device | None = None, strict: bool = True) -> GOTModel:
+               device: str | torch.device | None = None, strict: bool = True, lazy_decoder: bool = False) -> GOTModel:
     """A GOTModel from any model directory `resolve_model_dir` finds (ours, original GOT, got_ocr2, a run or
-    checkpoint dir, a cached hub id), or from a bare weights file (+ config)."""
+    checkpoint dir, a cached hub id), or from a bare weights file (+ config).
+
+    lazy_decoder: a model whose CTC head answers (vision.ctc_answers) gets its decoder built and loaded on first
+    use, so that reading never imports transformers (2.7-4 s of a CLI run's start-up); other models ignore it."""
     path = Path(path)
     if not path.exists() and not is_repo_id(path):
         raise FileNotFoundError(f"{path}: no such checkpoint file or directory")
@@ -350,37 +357,63 @@ def load_model(path: str | Path, config: str | GOTConfig | None = None, dtype: t
     if cfg.decoder.get("tie_word_embeddings", True) and "decoder.lm_head.weight" in sd and emb and \
             not torch.equal(sd["decoder.lm_head.weight"], sd[emb]):
         cfg.decoder["tie_word_embeddings"] = False
-    from transformers.initialization import no_init_weights
-
     if dtype is None:  # the checkpoint's own dtype, like transformers' dtype="auto"
         floats = [v.dtype for v in sd.values() if v.is_floating_point()]
         dtype = max(set(floats), key=floats.count) if floats else torch.float32
-    previous = torch.get_default_dtype()
-    try:  # allocate in the target dtype, skip the random init: every weight is overwritten below
-        torch.set_default_dtype(dtype)
-        with no_init_weights() if strict else contextlib.nullcontext():  # non-strict: missing keys keep an init
-            model = GOTModel(cfg)
-    finally:
-        torch.set_default_dtype(previous)
+    load_decoder = None
+    if lazy_decoder and cfg.vision.ctc_answers:
+        held = {k: sd.pop(k) for k in [k for k in sd if k.startswith("decoder.")]}
+
+        def load_decoder() -> nn.Module:
+            holder = nn.Module()
+            with _allocating(dtype, strict):
+                holder.decoder = build_decoder(cfg)
+            load_weights(holder, held, strict=strict, source=str(path), tied=cfg.tied_embeddings)
+            holder.decoder.tie_weights()
+            return holder.decoder.to(device=model.device).eval()
+        load_decoder.num_parameters = sum(v.numel() for k, v in held.items()
+                                          if not (cfg.tied_embeddings and k == "decoder.lm_head.weight"))
+    with _allocating(dtype, strict and load_decoder is None):  # tower init is cheap; skipping it needs transformers
+        model = GOTModel(cfg, load_decoder)
     model.to(dtype=dtype)  # leaves the fp32 rotary buffers alone (GOTModel._apply)
     load_weights(model, sd, strict=strict, source=str(path))
-    model.decoder.tie_weights()
+    if model.decoder_loaded:
+        model.decoder.tie_weights()
     model.eval()
     if device is not None:
         model.to(device=device)
     return model
 
 
+@contextlib.contextmanager
+def _allocating(dtype: torch.dtype, skip_init: bool):
+    """Modules built inside are allocated in `dtype` and, with skip_init, skip their random init (every weight is
+    overwritten by the strict load that follows; a non-strict load keeps an init for missing keys)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        if skip_init:
+            from transformers.initialization import no_init_weights
+
+            with no_init_weights():
+                yield
+        else:
+            yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
 def load_pretrained(path: str | Path | None = None, dtype: torch.dtype | None = None,
-                    device: str | torch.device | None = None):
+                    device: str | torch.device | None = None, lazy_decoder: bool = False):
     """(GOTModel, GOTTokenizer) from anything `resolve_model_dir` accepts (ours, original GOT or got_ocr2 with a
     tiktoken file; a run or checkpoint dir; a cached hub id; None for the default model).
 
-    dtype None keeps the stored dtype; the rotary frequencies stay fp32 whatever the dtype."""
+    dtype None keeps the stored dtype; the rotary frequencies stay fp32 whatever the dtype. lazy_decoder: see
+    load_model."""
     from got.tokenizer import GOTTokenizer
 
     path = resolve_model_dir(path)
-    model = load_model(path, dtype=dtype, device=device)
+    model = load_model(path, dtype=dtype, device=device, lazy_decoder=lazy_decoder)
     tokenizer = GOTTokenizer.from_dir(path)
     cfg = model.config
     if tokenizer.vocab_size > cfg.vocab_size or tokenizer.img_pad_id != cfg.img_pad_id or tokenizer.im_end_id != cfg.im_end_id:
@@ -477,8 +510,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 # ---- saving --------------------------------------------------------------------------------------------------
 def _own_state_dict(model: GOTModel) -> dict[str, torch.Tensor]:
+    tied = model.decoder.config.tie_word_embeddings  # first: loads a deferred decoder, so state_dict() holds it
     sd = model.state_dict()
-    if model.decoder.config.tie_word_embeddings:
+    if tied:
         sd.pop("decoder.lm_head.weight", None)
     return sd
 

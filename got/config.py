@@ -164,6 +164,19 @@ class GOTConfig:
     def decoder_type(self) -> str:
         return self.decoder["model_type"]
 
+    @property
+    def embed_dim(self) -> int:
+        """Width of the decoder's token embeddings, where image features enter: OPT's word_embed_proj_dim
+        (its hidden size when unset, as OPTConfig does), Qwen2's hidden size."""
+        return int(self.decoder.get("word_embed_proj_dim") or self.decoder["hidden_size"])
+
+    @property
+    def tied_embeddings(self) -> bool:
+        """Does the decoder's lm_head share the input embeddings' weights (transformers' tie_word_embeddings)?"""
+        if "tie_word_embeddings" in self.decoder:  # complete dicts hold it
+            return bool(self.decoder["tie_word_embeddings"])
+        return bool(self.hf_decoder_config().tie_word_embeddings)
+
     def hf_decoder_config(self):
         """The transformers config object for the decoder (built from the complete dict)."""
         from transformers import AutoConfig

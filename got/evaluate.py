@@ -121,7 +121,7 @@ class GOTSystem:
 
     def info(self) -> dict[str, Any]:
         model = self.got.model
-        embed = model.decoder.get_input_embeddings().weight.numel()
+        embed = model.config.vocab_size * model.config.embed_dim  # the input embeddings (a deferred decoder stays so)
         return {"path": self.path, "params": model.num_parameters(), "params_non_embedding": model.num_parameters() - embed,
                 "image_size": self.got.config.image_size, "dtype": str(self.got.dtype).removeprefix("torch."),
                 "device": str(self.got.device)}

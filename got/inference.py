@@ -20,7 +20,6 @@ most, instead of burning all 4096 new tokens on it.
 from __future__ import annotations
 
 import argparse
-import codecs
 import functools
 import json
 import os
@@ -32,17 +31,19 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from PIL import Image
-from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
-from transformers.generation.streamers import BaseStreamer
 
 from got.checks import MAX_BATCH_SIZE, MAX_NEW_TOKENS, MAX_TILES
-from got.decode import ChunkedKVCache, compile_config, use_decode_attention
 from got.processor import Pages, image_pages, is_pdf, open_pdf, parse_pages  # noqa: F401  (parse_pages: public here)
 from got.prompts import Query, build_query
+
+if TYPE_CHECKING:
+    from transformers.generation.stopping_criteria import StoppingCriteria
+    from transformers.generation.streamers import BaseStreamer
 
 ImageLike = str | os.PathLike | Image.Image | np.ndarray | bytes
 IMAGE_SUFFIXES = {  # known image types; anything else PIL cannot open is 'unsupported'
@@ -120,92 +121,21 @@ class Answer:
 
 
 # ---- generation helpers ----------------------------------------------------------------------------------------
-class RepetitionGuard(StoppingCriteria):
-    """Ends each sequence whose last `window` generated tokens hold fewer than `min_unique` distinct
-    `ngram`-grams per position: a loop.
+def _repetition_guard():
+    """GOT.repetition_guard's default: a fresh got.generation.RepetitionGuard (imported on first generation)."""
+    from got.generation import RepetitionGuard
 
-    An exact loop of period p has about p / window distinct n-grams (caught up to p ~ 250 by default).
-    Under `no_repeat_ngram_size=20` a loop cannot repeat exactly; the model changes a token every ~20 and
-    carries on, leaving about ngram/20 + p/window (caught up to p ~ 50). Prose, tables, numbers and tables
-    of contents stay above 0.6; very repetitive legitimate content (a long grid of empty cells, sheet music
-    made of one repeated bar) can fall below: pass a larger window or `GOT.repetition_guard = None`.
-    Decisions are per sequence, so batching does not change them. Create one guard per `generate` call.
-    """
+    return RepetitionGuard()
 
-    def __init__(self, window: int = 512, ngram: int = 8, min_unique: float = 0.5):
-        self.window, self.ngram, self.min_unique = window, ngram, min_unique
-        self.prompt_len: int | None = None
-        self.fired: torch.Tensor | None = None
 
-    def __call__(self, input_ids: torch.LongTensor, scores=None, **kwargs) -> torch.BoolTensor:
-        if self.prompt_len is None:  # first call: the prompt plus one new token
-            self.prompt_len = input_ids.shape[1] - 1
-            self.fired = torch.zeros(input_ids.shape[0], dtype=torch.bool)
-        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        if input_ids.shape[1] - self.prompt_len < self.window:
-            return done
-        tail = input_ids[:, -self.window:].tolist()
-        n_grams = self.window - self.ngram + 1
-        for b, row in enumerate(tail):
-            unique = len({tuple(row[i:i + self.ngram]) for i in range(n_grams)})
-            if unique < self.min_unique * n_grams:
-                done[b] = True
-                self.fired[b] = True
-        return done
+def _use_decode_attention(decoder) -> None:
+    from got.decode import use_decode_attention
+
+    use_decode_attention(decoder)
 
 
 class _Stopped(Exception):
     """A line-route stream whose consumer has stopped reading."""
-
-
-class _Abort(StoppingCriteria):
-    """Stops generation when a streaming consumer goes away (breaks out of the loop)."""
-
-    def __init__(self, event: threading.Event):
-        self.event = event
-
-    def __call__(self, input_ids, scores=None, **kwargs):
-        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
-
-
-class TextPieceStreamer(BaseStreamer):
-    """transformers streamer for our tiktoken tokenizer: calls `on_text(piece)` as tokens arrive.
-
-    Bytes go through an incremental UTF-8 decoder, so a character split over several BPE tokens is emitted
-    once it is complete; leading and trailing whitespace and the stop token are held back exactly as the
-    non-streamed answer strips them, so the pieces join to the very same text.
-    """
-
-    def __init__(self, tokenizer, on_text: Callable[[str], None], stop_ids: Iterable[int]):
-        self.tokenizer, self.on_text, self.stop_ids = tokenizer, on_text, set(stop_ids)
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._prompt_seen = self._stopped = self._started = False
-        self._held = ""
-
-    def put(self, value: torch.Tensor) -> None:
-        if not self._prompt_seen:  # generate() first hands over the prompt
-            self._prompt_seen = True
-            return
-        if value.numel() != 1:
-            raise ValueError("TextPieceStreamer streams one sequence at a time (batch size 1)")
-        token = int(value.reshape(-1)[0])
-        if self._stopped or token in self.stop_ids:
-            self._stopped = True
-            return
-        self._emit(self._decoder.decode(self.tokenizer.id_to_bytes(token)))
-
-    def end(self) -> None:
-        self._emit(self._decoder.decode(b"", final=True))
-
-    def _emit(self, text: str) -> None:
-        text = self._held + text
-        if not self._started:
-            text = text.lstrip()
-            self._started = bool(text)
-        body = text.rstrip()
-        self._held = text[len(body):]
-        if body:
-            self.on_text(body)
 
 
 def _bf16_cpu() -> bool:
@@ -279,7 +209,7 @@ class GOT:
         # CPU bf16: autocast catches any fp32 leftovers.
         self.autocast = self.device.type == "cpu" and self.dtype == torch.bfloat16
         if self.device.type == "cpu":  # see decode_attention and ChunkedKVLayer
-            use_decode_attention(model.decoder)
+            model.on_decoder(_use_decode_attention)
         # CPU: the one-token decode step compiled by inductor (got.decode.compile_config); off: eager
         self.compile = compile and self.device.type == "cpu"
         self.inputs = GOTProcessor(tokenizer, self.config.image_size, self.config.image_token_len)
@@ -294,7 +224,7 @@ class GOT:
         self.generation: dict = {"do_sample": False, "num_beams": 1}
         self.no_repeat_ngram_size = 20
         # A factory so every generate() call gets a fresh guard; None switches the guard off.
-        self.repetition_guard: Callable[[], StoppingCriteria] | None = RepetitionGuard
+        self.repetition_guard: Callable[[], StoppingCriteria] | None = _repetition_guard
         self.max_positions = int(self.config.decoder.get("max_position_embeddings", 1 << 30))
 
     # ---- loading ----------------------------------------------------------------------------------------------
@@ -325,11 +255,12 @@ class GOT:
             raise ValueError("choose one of int8 and int4")
         if (int8 or int4) and device.type != "cpu":
             raise ValueError("weight-only int8 / int4 runs on CPU only; drop --int8 / --int4 or use --device cpu")
-        model, tokenizer = load_pretrained(path, dtype=dtype, device=device)
+        # a model whose CTC head answers loads its decoder (and transformers) only if something asks for it
+        model, tokenizer = load_pretrained(path, dtype=dtype, device=device, lazy_decoder=True)
         if int8 or int4:
             from got.quantize import quantize_weights
 
-            quantize_weights(model.decoder, bits=8 if int8 else 4)
+            model.on_decoder(functools.partial(quantize_weights, bits=8 if int8 else 4))
         return cls(model, tokenizer, dtype=dtype, compile=compile)
 
     # ---- inputs -> prompts -----------------------------------------------------------------------------------
@@ -606,6 +537,10 @@ class GOT:
         ids, mask, pixels = left_padded(batch, pad)
         pixels = pixels.to(self.device)
         guard = self.repetition_guard() if self.repetition_guard else None
+        from transformers.generation.stopping_criteria import StoppingCriteriaList
+
+        from got.decode import ChunkedKVCache, compile_config
+
         criteria = StoppingCriteriaList([c for c in [guard, *extra_stops] if c is not None])
         kwargs = dict(self.generation)
         if not batch[0].multi_page and self.no_repeat_ngram_size:
@@ -645,8 +580,10 @@ class GOT:
         def work():
             try:
                 if prompt.segments is None:
+                    from got.generation import Abort, TextPieceStreamer
+
                     streamer = TextPieceStreamer(self.tokenizer, pieces.put, self.stop_ids)
-                    self._generate_batch([prompt], max_new_tokens, streamer=streamer, extra_stops=[_Abort(abort)])
+                    self._generate_batch([prompt], max_new_tokens, streamer=streamer, extra_stops=[Abort(abort)])
                 else:
                     def put(piece: str) -> None:
                         if abort.is_set():  # the consumer stopped: no further chunks
@@ -675,6 +612,8 @@ class GOT:
         """One prompt's Answer, calling `on_text(piece)` as text arrives (in this thread); a line-route page
         calls it once per `chunk` segments read."""
         if prompt.segments is None:
+            from got.generation import TextPieceStreamer
+
             streamer = TextPieceStreamer(self.tokenizer, on_text, self.stop_ids)
             return self._generate_batch([prompt], max_new_tokens, streamer=streamer)[0]
         from got.layout import join_segments

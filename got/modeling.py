@@ -5,24 +5,67 @@ sample 0, then sample 1, ... (see docs/design.md, "Image batching convention").
 """
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM
-from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from got.config import GOTConfig
 from got.vision_tower import VisionTower
 
+if TYPE_CHECKING:
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+
+_DEFERRED = threading.Lock()  # one thread loads a deferred decoder; the others wait for it
+
+
+def build_decoder(config: GOTConfig) -> nn.Module:
+    """The decoder: transformers' causal LM for `config.decoder` (Qwen2 or OPT), randomly initialised."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_config(config.hf_decoder_config(), attn_implementation="sdpa")
+
 
 class GOTModel(nn.Module):
-    def __init__(self, config: GOTConfig):
+    def __init__(self, config: GOTConfig, load_decoder: Callable[[], nn.Module] | None = None):
+        """`load_decoder`: called on the first use of `self.decoder` instead of building it now. A model whose
+        CTC head answers reads without its decoder, and so without importing transformers: seconds of start-up
+        (got.checkpoint.load_model(lazy_decoder=True), docs/inference.md)."""
         super().__init__()
         self.config = config
         self.vision_tower = VisionTower(config.vision)
-        decoder = AutoModelForCausalLM.from_config(config.hf_decoder_config(), attn_implementation="sdpa")
         # Image features enter where token embeddings do: OPT's word_embed_proj_dim, Qwen2's hidden size.
-        self.projector = nn.Linear(config.vision.out_channels, decoder.get_input_embeddings().embedding_dim)
-        self.decoder = decoder
+        self.projector = nn.Linear(config.vision.out_channels, config.embed_dim)
+        if load_decoder is None:
+            self.decoder = build_decoder(config)
+        else:
+            self._load_decoder, self._decoder_hooks = load_decoder, []
+
+    def __getattr__(self, name: str):
+        if name == "decoder" and "_load_decoder" in self.__dict__:
+            with _DEFERRED:
+                if "_load_decoder" in self.__dict__:
+                    decoder = self.__dict__["_load_decoder"]()
+                    for fn in self.__dict__.pop("_decoder_hooks"):
+                        fn(decoder)
+                    self.decoder = decoder
+                    del self.__dict__["_load_decoder"]
+            return self._modules["decoder"]
+        return super().__getattr__(name)
+
+    @property
+    def decoder_loaded(self) -> bool:
+        """False while a deferred decoder waits for its first use."""
+        return "_load_decoder" not in self.__dict__
+
+    def on_decoder(self, fn: Callable[[nn.Module], None]) -> None:
+        """fn(decoder) now, or right after a deferred decoder is loaded (int8 weights, decode attention)."""
+        if self.decoder_loaded:
+            fn(self.decoder)
+        else:
+            self._decoder_hooks.append(fn)
 
     # ---- properties -------------------------------------------------------------------------------------
     @property
@@ -34,9 +77,13 @@ class GOTModel(nn.Module):
         return self.projector.weight.dtype
 
     def num_parameters(self, part: str | None = None) -> int:
-        """Unique parameters (tied embeddings counted once), of the whole model or of one part."""
+        """Unique parameters (tied embeddings counted once), of the whole model or of one part; a deferred
+        decoder is counted from the weights it waits with, without loading it."""
+        waiting = 0 if self.decoder_loaded else self.__dict__["_load_decoder"].num_parameters
+        if part == "decoder" and not self.decoder_loaded:
+            return waiting
         module = self if part is None else getattr(self, part)
-        return sum(p.numel() for p in module.parameters())
+        return sum(p.numel() for p in module.parameters()) + (waiting if part is None else 0)
 
     def _apply(self, fn, recurse: bool = True):
         """`.to(bfloat16)` must not round the rotary frequencies: in bf16 they are off by ~0.4%, which turns

@@ -128,6 +128,26 @@ def test_got_chat_without_model(model, tmp_path):
     assert answer == model.chat(image) and cer(answer, text) <= 0.15, (answer, text)
 
 
+def test_reads_without_loading_its_decoder(tmp_path):
+    """Its CTC head answers, so reading a page builds no decoder and imports no transformers (seconds of every
+    CLI run's start-up); a prompt that needs the decoder loads the very weights an eager load gives."""
+    image = tmp_path / "page.png"
+    held_out_page(SEED + 5, 2, "serif")[0].save(image)
+    code = ("import sys; from got.inference import GOT; g = GOT.from_pretrained(); text = g.chat(sys.argv[1]); "
+            "print(len(text), g.model.decoder_loaded, 'transformers' in sys.modules)")
+    p = subprocess.run([sys.executable, "-c", code, str(image)], env=env(), capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.split()[1:] == ["False", "False"] and int(p.stdout.split()[0]) > 200, p.stdout
+
+    from got.checkpoint import load_model, resolve_model_dir
+
+    lazy, eager = GOT.from_pretrained(dtype="float32").model, load_model(resolve_model_dir(None), dtype=torch.float32)
+    assert not lazy.decoder_loaded and lazy.num_parameters() == eager.num_parameters()
+    assert lazy.decoder.config._attn_implementation == "got_decode"  # GOT's CPU setup ran on the loaded decoder
+    a, b = lazy.state_dict(), eager.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 @pytest.mark.slow
 def test_recipe_smoke_profile_runs_every_stage(tmp_path):
     p = subprocess.run(["bash", "scripts/train_default.sh"], cwd=REPO, capture_output=True, text=True, timeout=900,

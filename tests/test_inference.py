@@ -14,7 +14,8 @@ from input_helpers import write_bad_pdfs
 from got.checkpoint import save_pretrained
 from got.cli import main as got_main
 from got.config import load_config
-from got.inference import GOT, RepetitionGuard, TextPieceStreamer, parse_pages
+from got.generation import RepetitionGuard, TextPieceStreamer
+from got.inference import GOT, parse_pages
 from got.modeling import GOTModel
 from got.tokenizer import GOTTokenizer
 
@@ -126,7 +127,7 @@ def test_cpu_generation_paths_give_transformers_tokens(got, monkeypatch, batch):
     and in a left-padded batch, with the cache growing over several chunk boundaries, it gives the tokens of
     transformers' own SDPA + DynamicCache."""
     import got.inference as inf
-    from got.decode import ChunkedKVLayer
+    from got.decode import ChunkedKVCache, ChunkedKVLayer
 
     assert got.model.decoder.config._attn_implementation == "got_decode"
     prompts = got.prepare(noise(256, 256, 21)) + got.prepare(noise(768, 256, 22), crop=True)
@@ -134,7 +135,7 @@ def test_cpu_generation_paths_give_transformers_tokens(got, monkeypatch, batch):
     ids, mask, pixels = inf.left_padded(prompts, got.tokenizer.endoftext_id)
     monkeypatch.setattr(ChunkedKVLayer, "CHUNK", 8)  # the prompt fills 6-9 chunks, decoding crosses 3 more
     runs = {}
-    for attn, cache in [("sdpa", None), ("got_decode", inf.ChunkedKVCache)]:
+    for attn, cache in [("sdpa", None), ("got_decode", ChunkedKVCache)]:
         got.model.decoder.set_attn_implementation(attn)
         kw = {"past_key_values": cache()} if cache else {}
         with torch.inference_mode():
@@ -147,7 +148,7 @@ def test_cpu_generation_paths_give_transformers_tokens(got, monkeypatch, batch):
 
 def test_cpu_generation_paths_on_the_stage1_opt_decoder(tmp_path, monkeypatch):
     """A stage-1 checkpoint (OPT decoder) chats through the same CPU decode path, with SDPA + DynamicCache's text."""
-    import got.inference as inf
+    import got.decode
     from got.decode import ChunkedKVLayer
     from transformers.cache_utils import DynamicCache
 
@@ -165,7 +166,7 @@ def test_cpu_generation_paths_on_the_stage1_opt_decoder(tmp_path, monkeypatch):
     items = [noise(256, 256, 23), {"image": noise(768, 256, 24), "crop": True}]
     fast = opt.chat_batch(items, max_new_tokens=NEW)
     opt.model.decoder.set_attn_implementation("sdpa")
-    monkeypatch.setattr(inf, "ChunkedKVCache", DynamicCache)
+    monkeypatch.setattr(got.decode, "ChunkedKVCache", DynamicCache)  # what GOT._generate_batch takes at each call
     assert opt.chat_batch(items, max_new_tokens=NEW) == fast
 
 

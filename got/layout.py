@@ -48,7 +48,7 @@ def _detect(ink: np.ndarray) -> tuple[list[Rect], list[Rect]]:
         return [], []
     h = float(np.median(heights))
     kx, ky = max(3, round(0.6 * h)), max(1, round(0.3 * h))
-    joined = ndimage.binary_closing(ink, structure=np.ones((ky, kx)), border_value=0) | ink
+    joined = _closing(ink, ky, kx) | ink
     labels, n = ndimage.label(joined, structure=np.ones((3, 3)))
     boxes, specks = [], []
     for sl in ndimage.find_objects(labels):
@@ -68,6 +68,15 @@ def _detect(ink: np.ndarray) -> tuple[list[Rect], list[Rect]]:
             boxes.append((float(x0), float(y0), float(x1), float(y1)))
     boxes = _attach_marks(boxes, h)
     return boxes, [_bridge(r, boxes, h) for r in _leaders(specks, h)]
+
+
+def _closing(ink: np.ndarray, ky: int, kx: int) -> np.ndarray:
+    """ndimage.binary_closing(ink, np.ones((ky, kx)), border_value=0), the same pixels (tests/test_eval.py),
+    as a max- then a min-filter: separable, 2x faster on a page. An even side's dilation is shifted by one, as
+    binary_closing's reflected structure is."""
+    grown = ndimage.maximum_filter(ink.view(np.uint8), size=(ky, kx), mode="constant", cval=0,
+                                   origin=(-((ky + 1) % 2), -((kx + 1) % 2)))
+    return ndimage.minimum_filter(grown, size=(ky, kx), mode="constant", cval=0).view(bool)
 
 
 def _bridge(leader: Rect, boxes: Sequence[Rect], h: float) -> Rect:

@@ -3,6 +3,7 @@ train tiny models -> `got eval` next to Tesseract and RapidOCR -> `got scaling f
 import json
 import sys
 
+import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
@@ -205,6 +206,21 @@ def test_page_text_keeps_paragraph_breaks():
              for s in segments]
     assert join_segments(segments, texts) == \
         "First line of text\nends the paragraph.\n\nA new paragraph\nsecond column"
+
+
+def test_layout_closing_is_scipy_binary_closing():
+    """got.layout joins letters with a separable max / min filter: the very pixels of ndimage.binary_closing,
+    odd and even sizes, edges included."""
+    from scipy import ndimage
+
+    from got.layout import _closing
+
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        ink = rng.random(tuple(rng.integers(1, 60, 2))) < rng.uniform(0.02, 0.9)
+        ky, kx = int(rng.integers(1, 10)), int(rng.integers(3, 14))
+        want = ndimage.binary_closing(ink, structure=np.ones((ky, kx)), border_value=0)
+        assert np.array_equal(_closing(ink, ky, kx), want), (ink.shape, ky, kx)
 
 
 def test_contents_page_keeps_dot_leaders_and_numbers_on_their_lines():

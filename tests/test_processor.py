@@ -254,3 +254,15 @@ def test_multi_page_is_one_sample_with_n_pages(pdf_path):
         p(ims, crop=True)
     with pytest.raises(ValueError, match="only applies to PDFs"):
         load_images(ims[0], pages=1)
+
+
+def test_line_preset_pixels_are_fit_lines_picture_normalised():
+    """A line preset normalises only the text part and writes the padding as one colour: the same values as
+    normalising fit_line's padded picture pixel by pixel, for short, exact-width and too-wide crops."""
+    rng = np.random.default_rng(3)
+    proc = ImageProcessor((32, 512))
+    mean, std = np.asarray(CLIP_MEAN, np.float32), np.asarray(CLIP_STD, np.float32)
+    for w, h in [(40, 30), (512, 32), (3000, 20), (1, 1), (300, 64)]:
+        im = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        want = (np.asarray(P.fit_line(im, 32, 512), dtype=np.float32) / 255.0 - mean) / std
+        assert torch.equal(proc.preprocess(im), torch.from_numpy(np.ascontiguousarray(want.transpose(2, 0, 1))))

@@ -689,14 +689,18 @@ class GOT:
                 q, item = replace(base, **item), image
             return self.prepare(item, q, index=i)
 
-        per_item = list(self.map_pages(prepare, range(len(items))))
-        flat = [p for ps in per_item for p in ps]
-        texts = iter(a.text for a in self.generate(flat, max_new_tokens=max_new_tokens, batch_size=batch_size))
-        out: list[str | list[str]] = []
-        for ps in per_item:
-            got = [next(texts) for _ in ps]
-            out.append(got[0] if len(ps) == 1 and ps[0].page is None else got)
-        return out
+        def shaped(ps: list[Prompt], texts: list[str]) -> str | list[str]:
+            return texts[0] if len(ps) == 1 and ps[0].page is None else texts
+
+        if self.line_model:  # each input prepared and read in one go, several at once (as got eval reads)
+            def one(i: int) -> str | list[str]:
+                ps = prepare(i)
+                return shaped(ps, [a.text for a in self.generate(ps, max_new_tokens=max_new_tokens)])
+            return list(self.map_pages(one, range(len(items))))
+        per_item = [prepare(i) for i in range(len(items))]
+        texts = iter(a.text for a in self.generate([p for ps in per_item for p in ps], max_new_tokens=max_new_tokens,
+                                                   batch_size=batch_size))
+        return [shaped(ps, [next(texts) for _ in ps]) for ps in per_item]
 
 
 # ---- CLI -----------------------------------------------------------------------------------------------------------

@@ -358,25 +358,29 @@ class GOT:
         CTC head the page is kept as it is."""
         from got.layout import line_segments
 
-        def read(page: Image.Image) -> tuple[float, int, Image.Image, list, torch.Tensor | None, dict]:
+        def read(page: Image.Image, turned: bool) -> tuple[float, int, Image.Image, list, torch.Tensor | None, dict]:
+            # a turned page's layout is mostly nonsense (one crop per letter column: 500-600 on a real page), so
+            # only its probe rows are cropped: 8 crops, not 0.5 GB of them
             segments = line_segments(page, max_aspect=self.max_aspect)
-            pixels = self._crops(page, segments)
             rows = [i for i, g in enumerate(segments) if g.text is None][:probe] if tower.ctc_head is not None else []
+            pixels = self._crops(page, [segments[i] for i in rows] if turned else segments)
             if not rows:
                 return 0.0, 0, page, segments, pixels, {}
             with self._autocast():
-                reads = tower.ctc_read(pixels[rows].to(self.device))
+                reads = tower.ctc_read((pixels if turned else pixels[rows]).to(self.device))
             chars = sum(len(t) for t, _ in reads)
             score = sum(conf * len(t) for t, conf in reads) / chars if chars else 0.0
             return score, chars, page, segments, pixels, dict(zip(rows, reads))
 
         tower = self.model.vision_tower
-        score, _, *standing = read(image)
+        score, _, *standing = read(image, False)
         if score >= 0.9 or tower.ctc_head is None:
             return tuple(standing)
-        turns = [read(image.rotate(angle, expand=True)) for angle in (180, 90, 270)]
-        best_score, chars, *best = max(turns, key=lambda r: r[0] if r[1] >= 20 else -1.0)
-        return tuple(best if chars >= 20 and best_score > score + 0.08 else standing)
+        turns = [read(image.rotate(angle, expand=True), True) for angle in (180, 90, 270)]
+        best_score, chars, page, segments, _, probed = max(turns, key=lambda r: r[0] if r[1] >= 20 else -1.0)
+        if chars >= 20 and best_score > score + 0.08:
+            return page, segments, self._crops(page, segments), probed
+        return tuple(standing)
 
     def _prompt(self, source, label, images, query: Query, page, t0, index) -> Prompt:
         """One prompt through the one input path (got.processor.GOTProcessor)."""

@@ -364,9 +364,9 @@ def load_model(path: str | Path, config: str | GOTConfig | None = None, dtype: t
     if lazy_decoder and cfg.vision.ctc_answers:
         held = {k: sd.pop(k) for k in [k for k in sd if k.startswith("decoder.")]}
 
-        def load_decoder() -> nn.Module:
+        def load_decoder() -> nn.Module:  # in the model's dtype and on its device as they are by then
             holder = nn.Module()
-            with _allocating(dtype, strict):
+            with _allocating(model.dtype, strict):
                 holder.decoder = build_decoder(cfg)
             load_weights(holder, held, strict=strict, source=str(path), tied=cfg.tied_embeddings)
             holder.decoder.tie_weights()

@@ -147,6 +147,11 @@ def test_reads_without_loading_its_decoder(tmp_path):
     a, b = lazy.state_dict(), eager.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
+    moved = GOT.from_pretrained(dtype="bfloat16", int8=True).model.float()  # cast before the decoder is loaded
+    assert not moved.decoder_loaded
+    assert moved.decoder.model.embed_tokens.weight.dtype == torch.float32  # built as the model stands by then
+    assert type(moved.decoder.model.layers[0].mlp.up_proj).__name__ == "WeightOnlyLinear"  # int8 hook ran
+
 
 @pytest.mark.slow
 def test_recipe_smoke_profile_runs_every_stage(tmp_path):

@@ -14,8 +14,8 @@ batch of 8 as one by one (tests/test_inference.py checks it with mixed tile coun
 
 Generation follows the original GOT: greedy, `no_repeat_ngram_size=20` for single-image prompts (plain,
 format, box, color, multi-crop; not multi-page), stop at `<|im_end|>` which is stripped with surrounding
-whitespace. On top of that `RepetitionGuard` ends a sequence stuck in a loop, the failure GOT users hit
-most, instead of burning all 4096 new tokens on it.
+whitespace. On top of that `got.generation.RepetitionGuard` ends a sequence stuck in a loop, the failure GOT
+users hit most, instead of burning all 4096 new tokens on it.
 """
 from __future__ import annotations
 

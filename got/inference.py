@@ -310,6 +310,7 @@ class GOT:
             for page, load in loaders:
                 t0 = t0 if page is None else time.perf_counter()
                 yield self._line_prompt(source, label, load(), q, page, t0, index)
+                _trim_memory()  # what laying the page out freed, back to the OS before the next page
             return
         if q.multi_page and len(loaders) > 1:
             yield self._prompt(source, label, [load() for _, load in loaders], q, None, t0, index)

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -483,6 +483,12 @@ class GOT:
         finally:
             torch.set_num_threads(threads)
 
+    def read_each(self, prepare: Callable[[Any], list[Prompt]], items: Sequence,
+                  max_new_tokens: int) -> Iterator[list[Answer]]:
+        """A line model's way through many inputs (got eval, chat_batch): each item prepared and read in one go,
+        several at once (map_pages), so no core waits for a batch's slowest page between the two steps."""
+        return self.map_pages(lambda item: self.generate(prepare(item), max_new_tokens=max_new_tokens), items)
+
     def _read_lines(self, prompt: Prompt, max_new_tokens: int) -> Answer:
         """A line-route page: segments the CTC head sees no text in are dropped (specks, noise, pictures), the
         rest are read in batches (by the decoder, or by the CTC head where the model's config says it reads
@@ -694,14 +700,11 @@ class GOT:
                 q, item = replace(base, **item), image
             return self.prepare(item, q, index=i)
 
-        def shaped(ps: list[Prompt], texts: list[str]) -> str | list[str]:
+        def shaped(ps: list[Prompt] | list[Answer], texts: list[str]) -> str | list[str]:
             return texts[0] if len(ps) == 1 and ps[0].page is None else texts
 
-        if self.line_model:  # each input prepared and read in one go, several at once (as got eval reads)
-            def one(i: int) -> str | list[str]:
-                ps = prepare(i)
-                return shaped(ps, [a.text for a in self.generate(ps, max_new_tokens=max_new_tokens)])
-            return list(self.map_pages(one, range(len(items))))
+        if self.line_model:
+            return [shaped(a, [x.text for x in a]) for a in self.read_each(prepare, range(len(items)), max_new_tokens)]
         per_item = [prepare(i) for i in range(len(items))]
         texts = iter(a.text for a in self.generate([p for ps in per_item for p in ps], max_new_tokens=max_new_tokens,
                                                    batch_size=batch_size))

@@ -25,4 +25,15 @@ if ! $PY -c "import got, deepspeed, transformers, rapidocr_onnxruntime, pytest_t
   $PY -m pip install -q -c constraints.txt -e ".[dev,peers,lora]"
   touch .setup-stamp
 fi
+# DeepSpeed's CPU accelerator JIT-builds its shared-memory comm op on the first `got train` (about 30 s). Build it here,
+# once and serially: parallel first runs (the test suite's two workers) otherwise queue on one file lock, and a run
+# killed mid-build leaves that lock held, so every later run waits on it forever. A lock older than 10 min is stale.
+export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$HOME/.cache/torch_extensions}
+mkdir -p "$TORCH_EXTENSIONS_DIR"
+find "$TORCH_EXTENSIONS_DIR" -maxdepth 2 -name lock -mmin +10 -print -delete | sed 's/^/[setup] removed a stale build lock: /'
+DS_ACCELERATOR=cpu $PY -c "
+from deepspeed.accelerator import get_accelerator
+b = get_accelerator().create_op_builder('ShareMemCommBuilder')
+b is None or b.load(verbose=False)" >/dev/null 2>&1 || echo "[setup] DeepSpeed's CPU comm op did not build: the first got train builds it" >&2
+
 echo "[setup] ok: $($PY -c 'import torch, transformers, deepspeed; print("torch", torch.__version__, "transformers", transformers.__version__, "deepspeed", deepspeed.__version__)' 2>/dev/null | tail -1)"

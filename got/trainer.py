@@ -796,10 +796,19 @@ def train(cfg: dict[str, Any], stage: str, resume: str | None = None) -> Path:
 
 
 def _cpu_accelerator() -> None:
-    """Without CUDA, DeepSpeed must be told to use its CPU accelerator before it is first imported."""
-    if not torch.cuda.is_available():
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    """Without CUDA, DeepSpeed must be told to use its CPU accelerator before it is first imported.
 
+    That accelerator loads a JIT-built op under a file lock on every start; a start killed while holding the lock
+    leaves it behind and every later start would wait on it forever, so an old lock is an error that names it."""
+    if torch.cuda.is_available():
+        return
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    from torch.utils.cpp_extension import _get_build_directory
+
+    lock = Path(_get_build_directory("deepspeed_shm_comm", False)) / "lock"
+    if lock.is_file() and time.time() - lock.stat().st_mtime > 600:
+        raise FileExistsError(f"{lock}: a stale build lock left by a killed run (10+ minutes old); DeepSpeed would "
+                           "wait on it forever: delete it (scripts/setup.sh does) and start again")
 
 
 def add_cli(p: argparse.ArgumentParser) -> None:

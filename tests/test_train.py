@@ -336,3 +336,21 @@ def test_cli_overrides_may_follow_options(monkeypatch, capsys):
     assert "unrecognized arguments: --no-such-flag" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         got_main(["chat", "x.png", "--model", "m", "a=1"])  # only train takes KEY=VALUE
+
+
+def test_a_stale_deepspeed_build_lock_is_named_not_waited_on(tmp_path, monkeypatch):
+    """A start killed while DeepSpeed loads its CPU op leaves a lock every later start would wait on forever."""
+    import os
+    import time
+
+    from got.trainer import _cpu_accelerator
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    lock = tmp_path / "deepspeed_shm_comm" / "lock"
+    lock.parent.mkdir()
+    lock.touch()
+    _cpu_accelerator()  # a fresh lock: a build in progress, waited on as DeepSpeed does
+    old = time.time() - 3600
+    os.utime(lock, (old, old))
+    with pytest.raises(FileExistsError, match="stale build lock"):
+        _cpu_accelerator()

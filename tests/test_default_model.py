@@ -162,6 +162,20 @@ def test_recipe_smoke_profile_runs_every_stage(tmp_path):
         summary = json.loads((tmp_path / f"default_stage{stage}" / "summary.json").read_text())
         assert summary["stage"] == str(stage) and summary["steps"] == 2
     assert GOT.from_pretrained(tmp_path / "default_stage3", dtype="float32").line_model
+    rng, rows = random.Random(SEED), []  # stage 1's learning curve on a few held-out lines (scripts/ctc_curve.py)
+    for i in range(4):
+        image, text = render_line(rng, "en")
+        image.save(tmp_path / f"line{i}.png")
+        rows.append({"image": f"line{i}.png", "conversations": [{"from": "human", "value": "<image>\nOCR: "},
+                                                                 {"from": "gpt", "value": text}]})
+    (tmp_path / "lines.json").write_text(json.dumps(rows))
+    p = subprocess.run([sys.executable, "scripts/ctc_curve.py", str(tmp_path / "default_stage1"), "--lines",
+                        str(tmp_path / "lines.json"), "--plot", str(tmp_path / "curve.png")], cwd=REPO,
+                       capture_output=True, text=True, timeout=300, env=env())
+    assert p.returncode == 0, p.stderr[-4000:]
+    step, samples, error = (tmp_path / "default_stage1" / "ctc_curve.tsv").read_text().splitlines()[1].split("\t")
+    assert (step, samples) == ("2", "4") and float(error) > 0.5  # two steps: it does not read yet
+    assert Image.open(tmp_path / "curve.png").size[0] > 0
     smoke = ["train.max_steps=2", "train.global_batch_size=2", "train.micro_batch_size=2", "train.warmup_steps=1",
              "data.num_workers=0", "output.save_every=2", "output.log_every=1"]
     p = subprocess.run(["bash", "scripts/continue_default.sh", *smoke], cwd=REPO, capture_output=True, text=True,

@@ -679,8 +679,8 @@ def step(run: Run, micro_batches: list[dict[str, Any]], t_prev: float) -> dict[s
     local = torch.tensor([sum(int((b["labels"][:, 1:] != -100).sum()) if b["num_samples"] else 0 for b in micro_batches),
                           sum(b.get("num_tokens", 0) for b in micro_batches),
                           sum(b["num_samples"] for b in micro_batches),
-                          sum(len(b["skipped"]) for b in micro_batches)], dtype=torch.float64)
-    dist.all_reduce(local)
+                          sum(len(b["skipped"]) for b in micro_batches)], dtype=torch.float64, device=engine.device)
+    dist.all_reduce(local)  # on the engine's device: NCCL reduces GPU tensors only
     n_sup, n_tok, n_samples, n_skip = (int(x) for x in local.tolist())
     if n_skip:
         gathered = [None] * world
@@ -691,7 +691,7 @@ def step(run: Run, micro_batches: list[dict[str, Any]], t_prev: float) -> dict[s
     norm = max(n_sup, 1) / (run.accum * world)  # DeepSpeed divides by accum and averages over ranks
     lr = float(run.scheduler.get_last_lr()[0])
     plain_grads = engine.zero_optimization_stage() == 0 and run.cfg["train"]["precision"] == "fp32"
-    loss_sum, ctc_sum, grad_norm = torch.zeros((), dtype=torch.float64), 0.0, None
+    loss_sum, ctc_sum, grad_norm = torch.zeros((), dtype=torch.float64, device=engine.device), 0.0, None
     for a, b in enumerate(micro_batches):
         ce = engine(**_to(b if b["num_samples"] else _dummy_batch(run.model.config), engine.device))
         ctc_sum += engine.module.last_ctc
@@ -700,7 +700,7 @@ def step(run: Run, micro_batches: list[dict[str, Any]], t_prev: float) -> dict[s
             grad_norm = float(torch.nn.utils.get_total_norm([p.grad for p in run.model.parameters()
                                                              if p.grad is not None]))
         engine.step()
-        loss_sum += ce.detach().double().cpu()
+        loss_sum += ce.detach().double()
     dist.all_reduce(loss_sum)
     run.step += 1
     run.skipped_total += n_skip

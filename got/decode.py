@@ -2,8 +2,8 @@
 
 - `decode_attention`: decoder attention for one query row per sequence as two plain matmuls (registered with
   transformers' AttentionInterface), where SDPA's fused kernel costs more than it saves; prompts still use SDPA.
-- `GemvLinear`: the decoder's Linear layers run a one-row product (a batch-1 decode step) as a matrix-vector
-  product, which torch's CPU kernels stream 1.4-1.6x faster than the one-row matrix product, with equal results.
+- `PackedLinear`: the decoder's large Linear layers compute bf16 inference products on oneDNN's pre-packed copy of
+  the weight, which torch's CPU kernels read ~2x faster than the plain one, with equal results.
 - `ChunkedKVCache`: a KV cache that writes each step in place into buffers grown in chunks, instead of concatenating
   the whole cache every token; its one-token step can be compiled (`compile_config`).
 Both keep transformers' Qwen2 / OPT modules and weights; docs/benchmarks.md has the figures.
@@ -54,43 +54,60 @@ def use_decode_attention(decoder) -> None:
     ALL_MASK_ATTENTION_FUNCTIONS.register("got_decode", mask)
     decoder.set_attn_implementation("got_decode")
     for module in decoder.modules():
-        if type(module) is nn.Linear and module.weight.numel() >= GemvLinear.MIN_WEIGHTS:
-            module.__class__ = GemvLinear  # same parameters and state_dict; only the one-row product changes
+        if type(module) is nn.Linear and module.weight.numel() >= PackedLinear.MIN_WEIGHTS:
+            module.__class__ = PackedLinear  # same parameters and state_dict; only the bf16 inference product changes
 
 
-class GemvLinear(nn.Linear):
-    """`nn.Linear` whose one-row product (batch-1 decoding) is `torch.addmv` / `torch.mv`.
+class PackedLinear(nn.Linear):
+    """`nn.Linear` whose bf16 products without gradients run on oneDNN's pre-packed (blocked) copy of the weight.
 
-    A batch-1 decode step is a chain of matrix-vector products whose time is the reading of the weights. On CPU
-    torch's one-row `linear` (oneDNN) reads bf16 weights at 20-23 GB/s on this project's 2-core machine, `mv` at
-    30-33 GB/s; the results are bit-identical (both accumulate in fp32 and round once), so greedy tokens do not
-    change. Figures: docs/benchmarks.md. Everything else (prompts, batches, training) takes `nn.Linear`'s path.
-    Small layers keep `nn.Linear` (`MIN_WEIGHTS`): there the call overhead, not the reading, sets the time.
+    A decode step is a chain of one-row products whose time is the reading of the weights. On this project's
+    2-core machine torch reads plain bf16 weights at 15-23 GB/s (one-row `linear` or `mv`) and the packed copy at
+    ~37 GB/s; the results equal `nn.Linear`'s bit for bit at every batch size, so greedy tokens do not change. The
+    copy is made on the first such call and again whenever the weight changes in place (load_state_dict); it is not
+    in the state_dict. Figures: docs/benchmarks.md. fp32, training and small layers (`MIN_WEIGHTS`: there the call
+    overhead, not the reading, sets the time) keep `nn.Linear`'s path.
     """
 
     MIN_WEIGHTS = 1 << 20
 
+    def packed(self) -> torch.Tensor:
+        key = (self.weight.data_ptr(), self.weight._version)  # a new or an in-place changed weight re-packs
+        if getattr(self, "_packed_key", None) != key:
+            self._packed = torch.ops.mkldnn._reorder_linear_weight(self.weight.detach(), 1)
+            self._packed_key = key
+        return self._packed
+
+    def __getstate__(self) -> dict:  # copies and pickles leave the cache behind (oneDNN's tensor has no storage)
+        state = super().__getstate__()
+        return {k: v for k, v in state.items() if k not in ("_packed", "_packed_key")}
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.numel() != self.in_features or x.dtype != self.weight.dtype or torch.is_grad_enabled():
+        if x.dtype != torch.bfloat16 or self.weight.dtype != torch.bfloat16 or x.device.type != "cpu" \
+                or torch.is_grad_enabled() or not _ONEDNN_BF16:
             return super().forward(x)
-        # compiled: an opaque op, since inductor would lower mv into a generated loop slower than the library's
-        product = gemv_op if torch.compiler.is_compiling() else _gemv
-        return product(self.weight, x.reshape(-1), self.bias).reshape(*x.shape[:-1], self.out_features)
+        if torch.compiler.is_compiling():  # an opaque op on the copy the eager prompt pass made (inductor cannot
+            packed = getattr(self, "_packed", None)  # lower the packed product itself)
+            return super().forward(x) if packed is None else packed_linear_op(x, packed, self.bias)
+        return _packed_linear(x, self.packed(), self.bias)
 
 
-def _gemv(weight: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    return torch.mv(weight, x) if bias is None else torch.addmv(bias, weight, x)
+_ONEDNN_BF16 = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
-@torch.library.custom_op("got::gemv", mutates_args=())
-def gemv_op(weight: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """`_gemv` as an op the compiler calls as it is."""
-    return _gemv(weight, x, bias)
+def _packed_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
 
 
-@gemv_op.register_fake
-def _(weight: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    return x.new_empty(weight.shape[0])
+@torch.library.custom_op("got::packed_linear", mutates_args=())
+def packed_linear_op(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """`_packed_linear` as an op the compiler calls as it is."""
+    return _packed_linear(x, packed, bias)
+
+
+@packed_linear_op.register_fake
+def _(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return x.new_empty(*x.shape[:-1], packed.shape[0])
 
 
 class ChunkedKVLayer(DynamicLayer):

@@ -131,10 +131,11 @@ def test_int4_pads_rows_and_falls_back_to_int8_where_it_cannot_group():
     assert (q(x) - head(x)).abs().max() < 0.25  # int4 in groups of 32 (outputs of order 1): near the float layer
 
 
-def test_gemv_linear_equals_linear_and_keeps_the_state_dict():
-    """The batch-1 decode product (torch.mv / addmv) gives nn.Linear's exact result; batches and training take
-    nn.Linear's own path; parameters and state_dict keys do not change."""
-    from got.decode import GemvLinear
+def test_packed_linear_equals_linear_and_keeps_the_state_dict():
+    """bf16 inference products on oneDNN's packed weight give nn.Linear's exact result at every batch shape, also
+    compiled and after the weight changes in place; fp32 and training take nn.Linear's own path; parameters and
+    state_dict keys do not change."""
+    from got.decode import PackedLinear
 
     torch.manual_seed(0)
     for dtype in (torch.bfloat16, torch.float32):
@@ -142,16 +143,25 @@ def test_gemv_linear_equals_linear_and_keeps_the_state_dict():
             ref = torch.nn.Linear(96, 160, bias=bias).to(dtype)
             fast = torch.nn.Linear(96, 160, bias=bias).to(dtype)
             fast.load_state_dict(ref.state_dict())
-            fast.__class__ = GemvLinear
+            fast.__class__ = PackedLinear
             assert list(fast.state_dict()) == list(ref.state_dict())
             with torch.no_grad():
                 for shape in ((1, 1, 96), (96,), (4, 96), (2, 3, 96)):
                     x = torch.randn(shape).to(dtype)
                     assert torch.equal(fast(x), ref(x)), (dtype, bias, shape)
+                ref.weight.mul_(0.5)  # an in-place change (as load_state_dict makes) re-packs
+                fast.load_state_dict(ref.state_dict())
+                x = torch.randn(2, 96).to(dtype)
+                assert torch.equal(fast(x), ref(x)), (dtype, bias, "after load_state_dict")
             x = torch.randn(1, 96, dtype=dtype, requires_grad=True)
             fast(x).sum().backward()  # training: nn.Linear's path, gradients flow
             assert x.grad is not None
+    fast, ref = fast.to(torch.bfloat16), ref.to(torch.bfloat16)
     compiled = torch.compile(fast, backend="aot_eager", fullgraph=True)  # the product is one opaque op there
     with torch.no_grad():
-        x = torch.randn(1, 1, 96)
+        x = torch.randn(1, 1, 96, dtype=torch.bfloat16)
+        fast(x)  # the eager pass (the prompt, in generate) makes the packed copy the compiled step uses
         assert torch.equal(compiled(x), ref(x))
+    import copy
+
+    assert torch.equal(copy.deepcopy(fast)(x), ref(x))  # copies leave oneDNN's packed tensor behind

@@ -76,3 +76,13 @@ def test_default_model_reads_from_a_wheel_in_a_fresh_venv(wheel, tmp_path):
     assert where.startswith(str(venv)), where
     answer = ast.literal_eval(answer)  # the repr printed above
     assert answer == GOT.from_pretrained().chat(tmp_path / "page.png") and cer(answer, text) <= 0.15, answer
+
+
+def test_shell_scripts_parse():
+    """Every shell script (the recipe, launchers, the GPU profile) is valid bash, so a typo does not wait for the
+    machine that runs it (a GPU for benchmarks/gpu_profile.sh)."""
+    scripts = sorted((REPO / "scripts").glob("*.sh")) + sorted((REPO / "benchmarks").glob("*.sh"))
+    assert REPO / "benchmarks" / "gpu_profile.sh" in scripts
+    for script in scripts:
+        r = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+        assert r.returncode == 0, f"{script.name}: {r.stderr}"

@@ -34,19 +34,24 @@ def build(work: Path) -> tuple[Path, Path]:
     from got.checkpoint import export_hf, save_pretrained
     from got.config import load_config
     from got.modeling import GOTModel
-    from got.tokenizer import GOTTokenizer
 
     t = time.perf_counter()
     torch.manual_seed(0)
     model = GOTModel(load_config("base")).to(torch.bfloat16).eval()
-    ranks = dict(GOTTokenizer.default().enc._mergeable_ranks)
-    for i in range(len(ranks), 151643):  # filler ranks no UTF-8 text can produce: encoding stays the bundled BPE's
-        ranks[b"\xff\xfe" + i.to_bytes(3, "big")] = i
-    tok = GOTTokenizer(ranks, name="qwen_sized")
-    save_pretrained(model, ours, tokenizer=tok)
+    save_pretrained(model, ours, tokenizer=qwen_sized_tokenizer())
     export_hf(model, theirs)
     print(f"built base preset in {time.perf_counter() - t:.0f} s -> {work}", file=sys.stderr)
     return ours, theirs
+
+
+def qwen_sized_tokenizer():
+    """The bundled BPE padded to Qwen's 151,643 ranks, so the base preset's special ids are the released ones."""
+    from got.tokenizer import GOTTokenizer
+
+    ranks = dict(GOTTokenizer.default().enc._mergeable_ranks)
+    for i in range(len(ranks), 151643):  # filler ranks no UTF-8 text can produce: encoding stays the bundled BPE's
+        ranks[b"\xff\xfe" + i.to_bytes(3, "big")] = i
+    return GOTTokenizer(ranks, name="qwen_sized")
 
 
 def page_lines(i: int) -> list[str]:

@@ -255,10 +255,11 @@ def batcher_runs(m, variant: str, ids, pixels, tokens: int, workdir: Path, model
     from got.checkpoint import resolve_model_dir
     from got.inference import GOT, Prompt
     from got.tokenizer import GOTTokenizer
+    from inference_speed import qwen_sized_tokenizer
 
     if model == "tiny":
         raise SystemExit("batcher cells need a model with a tokenizer: base, default or a model dir")
-    tokenizer = GOTTokenizer.from_dir(workdir / "ours-bf16" if model == "base" else resolve_model_dir(model))
+    tokenizer = qwen_sized_tokenizer() if model == "base" else GOTTokenizer.from_dir(resolve_model_dir(model))
     got = GOT(m, tokenizer, compile="compiled" in variant)
     got.stop_ids, got.no_repeat_ngram_size, got.repetition_guard = [], 0, None
     prompts = [Prompt("bench", "plain", row, pixels[b:b + 1]) for b, row in enumerate(ids.tolist())]

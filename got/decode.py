@@ -10,6 +10,8 @@ Both keep transformers' Qwen2 / OPT modules and weights; docs/benchmarks.md has 
 """
 from __future__ import annotations
 
+from collections import Counter
+
 import torch
 from torch import nn
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
@@ -74,9 +76,11 @@ def use_decode_attention(decoder) -> None:
     AttentionInterface.register("got_decode", decode_attention)
     ALL_MASK_ATTENTION_FUNCTIONS.register("got_decode", mask)
     decoder.set_attn_implementation("got_decode")
+    uses = Counter(id(p) for _, p in decoder.named_parameters(remove_duplicate=False))
     for module in decoder.modules():
         if type(module) is nn.Linear and module.weight.numel() >= PackedLinear.MIN_WEIGHTS:
             module.__class__ = PackedLinear  # same parameters and state_dict; only the bf16 inference product changes
+            module.sole = uses[id(module.weight)] == 1  # a tied lm_head keeps the embedding's plain weight
 
 
 class PackedLinear(nn.Linear):
@@ -84,29 +88,71 @@ class PackedLinear(nn.Linear):
 
     A decode step is a chain of one-row products whose time is the reading of the weights. On this project's
     2-core machine torch reads plain bf16 weights at 15-23 GB/s (one-row `linear` or `mv`) and the packed copy at
-    ~37 GB/s; the results equal `nn.Linear`'s bit for bit at every batch size, so greedy tokens do not change. The
-    copy is made on the first such call and again whenever the weight changes in place (load_state_dict); it is not
-    in the state_dict. Figures: docs/benchmarks.md. fp32, training and small layers (`MIN_WEIGHTS`: there the call
-    overhead, not the reading, sets the time) keep `nn.Linear`'s path.
+    47-69 GB/s; the results equal `nn.Linear`'s bit for bit at every batch size, so greedy tokens do not change. The
+    copy is made on the first such call and again whenever the weight changes in place (load_state_dict).
+    fp32, training and small layers (`MIN_WEIGHTS`: there the call overhead, not the reading, sets the time) keep
+    `nn.Linear`'s path. Figures: docs/benchmarks.md.
+
+    A layer that owns its weight alone (`sole`; the lm_head tied to the embedding does not) then keeps only the
+    packed copy, which holds the same numbers: the plain weight is rebuilt from it, exactly, whenever anything asks
+    for it (`layer.weight`, a cast, an fp32 or training call, load_state_dict), and the state_dict writes it out
+    without rebuilding it. While released the weight is not among `parameters()`.
     """
 
     MIN_WEIGHTS = 1 << 20
+    sole = False  # set by use_decode_attention: no other module shares this weight
+
+    @property
+    def released(self) -> bool:
+        return "weight" not in self._parameters
 
     def packed(self) -> torch.Tensor:
+        if self.released:
+            return self._packed
         key = (self.weight.data_ptr(), self.weight._version)  # a new or an in-place changed weight re-packs
         if getattr(self, "_packed_key", None) != key:
             self._packed = torch.ops.mkldnn._reorder_linear_weight(self.weight.detach(), 1)
             self._packed_key = key
+            if self.sole:  # the packed copy is the weight from now on
+                self._grad_flag = self.weight.requires_grad
+                del self._parameters["weight"]
         return self._packed
 
-    def __getstate__(self) -> dict:  # copies and pickles leave the cache behind (oneDNN's tensor has no storage)
+    def __getattr__(self, name: str):
+        if name == "weight" and "_packed" in self.__dict__ and self.released:  # rebuild the plain weight
+            weight = nn.Parameter(self._packed.to_dense(), requires_grad=self._grad_flag)
+            rest = dict(self._parameters)
+            self._parameters.clear()  # weight first again, as nn.Linear registers it
+            self._parameters.update(weight=weight, **rest)
+            self._packed_key = (weight.data_ptr(), weight._version)
+            return weight
+        return super().__getattr__(name)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        if self.released:
+            destination[prefix + "weight"] = self._packed.to_dense()
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        self.weight  # noqa: B018 (rebuilt if released, so that it can be loaded into)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def _apply(self, fn, recurse: bool = True):  # .to() / .float() / .cuda(): on the plain weight
+        self.weight  # noqa: B018
+        return super()._apply(fn, recurse)
+
+    def __getstate__(self) -> dict:  # copies and pickles hold the plain weight (oneDNN's tensor has no storage)
         state = super().__getstate__()
+        if self.released:
+            weight = nn.Parameter(self._packed.to_dense(), requires_grad=self._grad_flag)
+            state["_parameters"] = {"weight": weight, **self._parameters}
         return {k: v for k, v in state.items() if k not in ("_packed", "_packed_key")}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype != torch.bfloat16 or self.weight.dtype != torch.bfloat16 or x.device.type != "cpu" \
+        dtype = torch.bfloat16 if self.released else self.weight.dtype
+        if x.dtype != torch.bfloat16 or dtype != torch.bfloat16 or x.device.type != "cpu" \
                 or torch.is_grad_enabled() or not _ONEDNN_BF16:
-            return super().forward(x)
+            return super().forward(x)  # (self.weight rebuilds a released weight)
         if torch.compiler.is_compiling():  # an opaque op on the copy the eager prompt pass made (inductor cannot
             packed = getattr(self, "_packed", None)  # lower the packed product itself)
             return super().forward(x) if packed is None else packed_linear_op(x, packed, self.bias)

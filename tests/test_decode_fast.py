@@ -165,3 +165,63 @@ def test_packed_linear_equals_linear_and_keeps_the_state_dict():
     import copy
 
     assert torch.equal(copy.deepcopy(fast)(x), ref(x))  # copies leave oneDNN's packed tensor behind
+
+
+def test_a_sole_packed_layer_keeps_only_the_packed_copy_and_loses_nothing():
+    """A layer that owns its weight drops the plain copy once packed; every way of reading the weight (attribute,
+    state_dict, a copy, a cast, training, load_state_dict) gets the exact numbers back."""
+    import copy
+
+    from got.decode import PackedLinear
+
+    torch.manual_seed(0)
+    ref = torch.nn.Linear(96, 160).to(torch.bfloat16)
+    x = torch.randn(2, 96, dtype=torch.bfloat16)
+
+    def fresh() -> PackedLinear:
+        m = torch.nn.Linear(96, 160).to(torch.bfloat16)
+        m.load_state_dict(ref.state_dict())
+        m.__class__, m.sole = PackedLinear, True
+        with torch.no_grad():
+            assert torch.equal(m(x), ref(x))
+        assert m.released and [n for n, _ in m.named_parameters()] == ["bias"]
+        return m
+
+    m = fresh()
+    assert list(m.state_dict()) == ["weight", "bias"] and m.released  # written out without rebuilding
+    assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), ref.state_dict().values()))
+    assert torch.equal(copy.deepcopy(m).weight, ref.weight) and m.released
+    assert torch.equal(m.weight, ref.weight) and not m.released  # asked for: rebuilt, and a parameter again
+    assert [n for n, _ in m.named_parameters()] == ["weight", "bias"]
+    with torch.no_grad():
+        assert torch.equal(m(x), ref(x))
+    m = fresh()
+    assert torch.equal(m.float()(x.float()), ref.float()(x.float()))  # a cast rebuilds first
+    ref = ref.to(torch.bfloat16)
+    m = fresh()
+    x.requires_grad_(True)
+    m(x).sum().backward()  # training: the plain weight is back, with its gradient
+    assert m.weight.grad is not None and not m.released
+    x = x.detach()
+    m = fresh()
+    with torch.no_grad():
+        ref.weight.mul_(-1)
+    m.load_state_dict(ref.state_dict())  # loads into the rebuilt weight, packs again on the next call
+    with torch.no_grad():
+        assert torch.equal(m(x), ref(x)) and m.released
+
+
+def test_the_tied_head_keeps_its_plain_weight(monkeypatch):
+    """use_decode_attention releases only weights no other module shares: the tied lm_head is the embedding."""
+    from got.config import load_config
+    from got.decode import PackedLinear, use_decode_attention
+    from got.modeling import GOTModel
+
+    monkeypatch.setattr(PackedLinear, "MIN_WEIGHTS", 1)
+    model = GOTModel(load_config("tiny")).to(torch.bfloat16).eval()
+    use_decode_attention(model.decoder)
+    head = model.decoder.get_output_embeddings()
+    assert type(head) is PackedLinear and not head.sole
+    assert head.weight is model.decoder.get_input_embeddings().weight
+    layers = [m for m in model.decoder.modules() if type(m) is PackedLinear and m is not head]
+    assert layers and all(m.sole for m in layers)

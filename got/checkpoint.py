@@ -185,8 +185,8 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
             sd.update(load_state_dict_file(path.parent / shard))
         return sd
     try:
-        if path.suffix == ".safetensors":  # read, not mapped: each tensor owns its memory, so a decoder layer that
-            return load_file(str(path), backend="pread")  # keeps only its packed copy frees it (got.decode)
+        if path.suffix == ".safetensors":
+            return load_file(str(path))
         if path.suffix in (".bin", ".pt", ".pth"):
             sd = torch.load(str(path), map_location="cpu", weights_only=True)
             if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):

@@ -10,6 +10,9 @@ Both keep transformers' Qwen2 / OPT modules and weights; docs/benchmarks.md has 
 """
 from __future__ import annotations
 
+import ctypes
+import mmap
+import sys
 from collections import Counter
 
 import torch
@@ -93,10 +96,11 @@ class PackedLinear(nn.Linear):
     fp32, training and small layers (`MIN_WEIGHTS`: there the call overhead, not the reading, sets the time) keep
     `nn.Linear`'s path. Figures: docs/benchmarks.md.
 
-    A layer that owns its weight alone (`sole`; the lm_head tied to the embedding does not) then keeps only the
-    packed copy, which holds the same numbers: the plain weight is rebuilt from it, exactly, whenever anything asks
-    for it (`layer.weight`, a cast, an fp32 or training call, load_state_dict), and the state_dict writes it out
-    without rebuilding it. While released the weight is not among `parameters()`.
+    The plain weight then goes cold: its pages are handed back (`page_out`; a mapped checkpoint's come back from
+    the file if read), and a layer that owns its weight alone (`sole`; the lm_head tied to the embedding does not)
+    keeps only the packed copy, which holds the same numbers: the plain weight is rebuilt from it, exactly, whenever
+    anything asks for it (`layer.weight`, a cast, an fp32 or training call, load_state_dict), and the state_dict
+    writes it out without rebuilding it. While released the weight is not among `parameters()`.
     """
 
     MIN_WEIGHTS = 1 << 20
@@ -113,6 +117,7 @@ class PackedLinear(nn.Linear):
         if getattr(self, "_packed_key", None) != key:
             self._packed = torch.ops.mkldnn._reorder_linear_weight(self.weight.detach(), 1)
             self._packed_key = key
+            page_out(self.weight)  # the plain copy goes cold: let its memory go
             if self.sole:  # the packed copy is the weight from now on
                 self._grad_flag = self.weight.requires_grad
                 del self._parameters["weight"]
@@ -159,6 +164,34 @@ class PackedLinear(nn.Linear):
         return _packed_linear(x, self.packed(), self.bias)
 
 
+def page_out(t: torch.Tensor) -> None:
+    """Let the kernel take back the memory pages that lie wholly inside CPU tensor `t` (Linux's MADV_PAGEOUT).
+
+    A hint that loses nothing: a weight mapped from its safetensors file (how checkpoints load) comes back from the
+    file if anything reads it again, an anonymous one from swap; where neither can happen the pages simply stay.
+    It is how the tied embedding of a packed lm_head, whose rows only the few looked-up tokens need, and a layer's
+    plain weight after packing stop counting in the process's memory."""
+    if _MADVISE is None or t.device.type != "cpu" or t.numel() == 0:
+        return
+    start = t.data_ptr()
+    end = start + t.numel() * t.element_size()
+    start, end = -(-start // _PAGE) * _PAGE, end // _PAGE * _PAGE
+    if end > start:
+        _MADVISE(start, end - start, 21)  # MADV_PAGEOUT (Linux 5.4+); older kernels answer EINVAL, ignored
+
+
+def _madvise():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes, fn.restype = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int], ctypes.c_int
+    return fn
+
+
+_MADVISE, _PAGE = _madvise(), mmap.PAGESIZE
 _ONEDNN_BF16 = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 

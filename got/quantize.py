@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from got.decode import page_out
+
 BITS = (8, 4)
 
 
@@ -35,6 +37,7 @@ class WeightOnlyLinear(nn.Module):
         self.register_buffer("weight_q", q)
         self.register_buffer("scales", scales.to(dtype))
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
+        page_out(linear.weight)  # read once; a tied embedding keeps it for lookups of a few rows
 
     @staticmethod
     def fits(linear: nn.Linear, bits: int, group_size: int = 32) -> bool:

@@ -225,3 +225,21 @@ def test_the_tied_head_keeps_its_plain_weight(monkeypatch):
     assert head.weight is model.decoder.get_input_embeddings().weight
     layers = [m for m in model.decoder.modules() if type(m) is PackedLinear and m is not head]
     assert layers and all(m.sole for m in layers)
+
+
+def test_page_out_loses_nothing(tmp_path):
+    """page_out is a hint: a tensor mapped from a safetensors file, and an anonymous one, read the same after it."""
+    from safetensors.torch import load_file, save_file
+
+    from got.decode import page_out
+
+    torch.manual_seed(0)
+    want = {"w": torch.randn(1024, 1024).to(torch.bfloat16), "small": torch.randn(3)}
+    save_file(want, str(tmp_path / "m.safetensors"))
+    mapped = load_file(str(tmp_path / "m.safetensors"))
+    anonymous = {k: v.clone() for k, v in want.items()}
+    for tensors in (mapped, anonymous):
+        for t in tensors.values():
+            page_out(t)
+            page_out(t[1:])  # unaligned views: only whole pages inside are touched
+        assert all(torch.equal(tensors[k], want[k]) for k in want)

@@ -100,7 +100,8 @@ class PackedLinear(nn.Linear):
     the file if read), and a layer that owns its weight alone (`sole`; the lm_head tied to the embedding does not)
     keeps only the packed copy, which holds the same numbers: the plain weight is rebuilt from it, exactly, whenever
     anything asks for it (`layer.weight`, a cast, an fp32 or training call, load_state_dict), and the state_dict
-    writes it out without rebuilding it. While released the weight is not among `parameters()`.
+    writes it out without rebuilding it. While released the weight is not among `parameters()`; the Parameter
+    object stays the same throughout, so an optimizer that holds it trains the rebuilt weight.
     """
 
     MIN_WEIGHTS = 1 << 20
@@ -118,14 +119,15 @@ class PackedLinear(nn.Linear):
             self._packed = torch.ops.mkldnn._reorder_linear_weight(self.weight.detach(), 1)
             self._packed_key = key
             page_out(self.weight)  # the plain copy goes cold: let its memory go
-            if self.sole:  # the packed copy is the weight from now on
-                self._grad_flag = self.weight.requires_grad
-                del self._parameters["weight"]
+            if self.sole:  # the packed copy is the weight from now on; the Parameter object (which an optimizer
+                plain = self.__dict__["_plain"] = self._parameters.pop("weight")  # may hold) stays, empty, to be
+                plain.data = plain.data.new_empty(0)  # filled again (kept outside _parameters: not a parameter now)
         return self._packed
 
     def __getattr__(self, name: str):
         if name == "weight" and "_packed" in self.__dict__ and self.released:  # rebuild the plain weight
-            weight = nn.Parameter(self._packed.to_dense(), requires_grad=self._grad_flag)
+            weight = self._plain
+            weight.data = self._packed.to_dense()
             rest = dict(self._parameters)
             self._parameters.clear()  # weight first again, as nn.Linear registers it
             self._parameters.update(weight=weight, **rest)
@@ -149,9 +151,9 @@ class PackedLinear(nn.Linear):
     def __getstate__(self) -> dict:  # copies and pickles hold the plain weight (oneDNN's tensor has no storage)
         state = super().__getstate__()
         if self.released:
-            weight = nn.Parameter(self._packed.to_dense(), requires_grad=self._grad_flag)
+            weight = nn.Parameter(self._packed.to_dense(), requires_grad=self._plain.requires_grad)
             state["_parameters"] = {"weight": weight, **self._parameters}
-        return {k: v for k, v in state.items() if k not in ("_packed", "_packed_key")}
+        return {k: v for k, v in state.items() if k not in ("_packed", "_packed_key", "_plain")}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = torch.bfloat16 if self.released else self.weight.dtype

@@ -199,9 +199,10 @@ def test_a_sole_packed_layer_keeps_only_the_packed_copy_and_loses_nothing():
     assert torch.equal(m.float()(x.float()), ref.float()(x.float()))  # a cast rebuilds first
     ref = ref.to(torch.bfloat16)
     m = fresh()
+    held = m._plain  # the object an optimizer built before the release would hold
     x.requires_grad_(True)
     m(x).sum().backward()  # training: the plain weight is back, with its gradient
-    assert m.weight.grad is not None and not m.released
+    assert m.weight.grad is not None and not m.released and m.weight is held
     x = x.detach()
     m = fresh()
     with torch.no_grad():

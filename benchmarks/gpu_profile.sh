@@ -4,13 +4,18 @@
 #      the CPU figures of docs/default_model.md);
 #   2. training MFU of the base preset through `got train`'s DeepSpeed engine (NCCL process group), bf16;
 #   3. the default recipe's GPU profile (PROFILE=gpu scripts/train_default.sh) for STEPS steps of every stage:
-#      samples/s and GPU load, from which the whole profile's wall time follows.
-#   OUT=dir STEPS=40 benchmarks/gpu_profile.sh        (at most 9 minutes: each part has a time limit)
+#      samples/s and GPU load, from which the whole profile's wall time follows;
+#   4. whether that batch learns: stage 1 alone for LEARN_STEPS steps (its schedule compressed to them) at LR, then
+#      the CTC head's CER on 100 held-out lines at every checkpoint (scripts/ctc_curve.py).
+#   OUT=dir STEPS=40 LEARN_STEPS=500 LR=1e-3 benchmarks/gpu_profile.sh   (about 9 minutes on one H200; every part
+#   has a time limit; LEARN_STEPS=0 skips part 4)
 # Every part has its own time limit and log (OUT/<part>.log); a failed part does not stop the others.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu_profile}
 STEPS=${STEPS:-40}
+LEARN_STEPS=${LEARN_STEPS:-500}
+LR=${LR:-1e-3}
 mkdir -p "$OUT"
 part() {  # NAME LIMIT_S COMMAND...
   local name=$1 limit=$2; shift 2
@@ -49,3 +54,9 @@ EOF
 done
 awk '$1 ~ /^[0-9]+$/ {n++; s += $2} END {if (n) printf "GPU busy during the recipe: %.0f%% (mean of %d samples)\n", s / n, n}' \
   "$OUT/gpu_load.log"
+if [ "$LEARN_STEPS" -gt 0 ]; then
+  part learn 280 python3 -m got.cli train --stage 1 --config configs/default/stage1.yaml output.dir="$OUT/learn" \
+    train.global_batch_size=256 train.micro_batch_size=64 data.num_workers=8 train.max_steps="$LEARN_STEPS" \
+    train.lr="$LR" output.save_every=$((LEARN_STEPS / 5)) output.keep_last=10 output.log_every=10
+  TAIL=8 part learn_ctc 90 python3 scripts/ctc_curve.py "$OUT/learn" --lines "$OUT/held_out/lines.json"
+fi

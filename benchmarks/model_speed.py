@@ -213,7 +213,7 @@ def decode_worker(model: str, variant: str, batch: int, tokens: int, workdir: Pa
     torch.manual_seed(0)
     pixels = torch.randn(batch, 3, *size)
     if "batcher" in variant:
-        runs = batcher_runs(m, variant, ids, pixels, tokens, workdir, model)
+        runs = batcher_runs(m, variant, ids, pixels, tokens, model)
     else:
         runs = generate_runs(m, ids, pixels, tokens, dtype, compiled="compiled" in variant)
     (first, _), (times, new) = runs
@@ -246,7 +246,7 @@ def generate_runs(m, ids, pixels, tokens: int, dtype, compiled: bool) -> list[tu
     return runs
 
 
-def batcher_runs(m, variant: str, ids, pixels, tokens: int, workdir: Path, model: str) -> list[tuple[list, list]]:
+def batcher_runs(m, variant: str, ids, pixels, tokens: int, model: str) -> list[tuple[list, list]]:
     """Two runs (token timestamps, new tokens) of a decode cell through got.batcher.DecodeBatch (the server's
     continuous-batching loop, which `got serve --compile` compiles as generate does) instead of transformers'
     generate: the same prompts and greedy tokens, the stop ids ignored so that every row makes `tokens` steps,

@@ -6,7 +6,7 @@
   the weight, which torch's CPU kernels read ~2x faster than the plain one, with equal results.
 - `ChunkedKVCache`: a KV cache that writes each step in place into buffers grown in chunks, instead of concatenating
   the whole cache every token; its one-token step can be compiled (`compile_config`).
-Both keep transformers' Qwen2 / OPT modules and weights; docs/benchmarks.md has the figures.
+All three keep transformers' Qwen2 / OPT modules and weights; docs/benchmarks.md has the figures.
 """
 from __future__ import annotations
 

@@ -89,14 +89,14 @@ def load(impl: str, dtype: str, workdir: Path):
     dt = getattr(torch, DTYPES[dtype])
     if impl == "ours":
         from got.checkpoint import load_model
-        from got.decode import ChunkedKVCache, use_decode_attention
+        from got.decode import CACHE, ChunkedKVCache, use_decode_attention
 
         model = load_model(workdir / f"ours-{dtype}", dtype=dt)
         use_decode_attention(model.decoder)  # as `GOT` runs it on CPU
         encode = lambda px: model.encode_images(px)  # noqa: E731
         generate = lambda ids, px, n, clock: model.generate(  # noqa: E731
             ids, px, max_new_tokens=n, min_new_tokens=n, stopping_criteria=StoppingCriteriaList([clock]),
-            past_key_values=ChunkedKVCache())
+            **{CACHE: ChunkedKVCache()})
     else:
         from transformers import GotOcr2ForConditionalGeneration
 
@@ -228,7 +228,7 @@ def generate_runs(m, ids, pixels, tokens: int, dtype, compiled: bool) -> list[tu
     """Two runs (token timestamps, new tokens) of a decode cell through transformers' generate()."""
     import torch
 
-    from got.decode import ChunkedKVCache, compile_config
+    from got.decode import CACHE, ChunkedKVCache, compile_config
 
     extra = {"compile_config": compile_config()} if compiled else {}
     cfg, runs = m.config, []
@@ -240,7 +240,7 @@ def generate_runs(m, ids, pixels, tokens: int, dtype, compiled: bool) -> list[tu
             out = m.decoder.generate(input_ids=ids, inputs_embeds=embeds, attention_mask=torch.ones_like(ids),
                                      max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False,
                                      eos_token_id=cfg.im_end_id, pad_token_id=cfg.endoftext_id,
-                                     stopping_criteria=StoppingCriteriaList([clock]), past_key_values=ChunkedKVCache(),
+                                     stopping_criteria=StoppingCriteriaList([clock]), **{CACHE: ChunkedKVCache()},
                                      **extra)
             runs.append((clock.times, out[:, ids.shape[1]:].tolist()))
     return runs

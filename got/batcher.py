@@ -22,7 +22,7 @@ import torch
 from transformers.cache_utils import DynamicCache
 from transformers.generation.logits_process import NoRepeatNGramLogitsProcessor
 
-from got.decode import ChunkedKVCache, compile_config
+from got.decode import CACHE, ChunkedKVCache, compile_config
 from got.generation import TextPieceStreamer
 from got.inference import GOT, Answer, Prompt, left_padded
 
@@ -138,7 +138,7 @@ class DecodeBatch:
         with got._autocast():
             embeds = got.model.embed(ids.to(got.device), pixels.to(got.device))
             logits = got.model.decoder(inputs_embeds=embeds, attention_mask=mask.to(got.device),
-                                       position_ids=positions.to(got.device), past_key_values=cache,
+                                       position_ids=positions.to(got.device), **{CACHE: cache},
                                        use_cache=True, logits_to_keep=1).logits[:, -1]
         new = []
         for b, p in enumerate(prompts):

@@ -11,6 +11,7 @@ All three keep transformers' Qwen2 / OPT modules and weights; docs/benchmarks.md
 from __future__ import annotations
 
 import ctypes
+import inspect
 import mmap
 import sys
 from collections import Counter
@@ -19,6 +20,11 @@ import torch
 from torch import nn
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 from transformers.generation.configuration_utils import CompileConfig
+from transformers.models.qwen2.modeling_qwen2 import Qwen2ForCausalLM
+
+# The KV cache's keyword in the decoders' forward() and in generate(): transformers renamed `past_key_values` to
+# `cache` (the old name warns, then goes), so the name comes from the installed version.
+CACHE = "cache" if "cache" in inspect.signature(Qwen2ForCausalLM.forward).parameters else "past_key_values"
 
 # ---- decoder attention for CPU generation --------------------------------------------------------------------
 def decode_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling: float | None = None,

@@ -550,7 +550,7 @@ class GOT:
         guard = self.repetition_guard() if self.repetition_guard else None
         from transformers.generation.stopping_criteria import StoppingCriteriaList
 
-        from got.decode import ChunkedKVCache, compile_config
+        from got.decode import CACHE, ChunkedKVCache, compile_config
 
         criteria = StoppingCriteriaList([c for c in [guard, *extra_stops] if c is not None])
         kwargs = dict(self.generation)
@@ -558,7 +558,7 @@ class GOT:
             kwargs["no_repeat_ngram_size"] = self.no_repeat_ngram_size
         max_new = max(1, min(max_new_tokens, self.max_positions - ids.shape[1]))
         if self.device.type == "cpu":
-            kwargs["past_key_values"] = ChunkedKVCache()
+            kwargs[CACHE] = ChunkedKVCache()
             if self.compile:
                 kwargs["compile_config"] = compile_config()
         with self._autocast():

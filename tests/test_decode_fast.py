@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from got.config import load_config
-from got.decode import ChunkedKVCache, ChunkedKVLayer, compile_config, use_decode_attention
+from got.decode import CACHE, ChunkedKVCache, ChunkedKVLayer, compile_config, use_decode_attention
 from got.modeling import GOTModel
 from got.quantize import WeightOnlyLinear, quantize_weights
 
@@ -47,7 +47,7 @@ def prompts(model, n: int):
 def generate(model, ids, mask, pixels, **kw):
     with torch.inference_mode():
         return model.generate(ids, pixels, attention_mask=mask, max_new_tokens=NEW, min_new_tokens=NEW,
-                              past_key_values=ChunkedKVCache(), **kw).tolist()
+                              **{CACHE: ChunkedKVCache()}, **kw).tolist()
 
 
 @pytest.mark.parametrize("backend", ["aot_eager"] + (["inductor"] if os.environ.get("GOT_TEST_INDUCTOR") else []))
@@ -76,7 +76,7 @@ def test_cache_grows_between_steps_only(model, monkeypatch):
     ids, mask, pixels = prompts(model, 2)
     cache = ChunkedKVCache()
     with torch.inference_mode():
-        model.generate(ids, pixels, attention_mask=mask, max_new_tokens=20, min_new_tokens=20, past_key_values=cache)
+        model.generate(ids, pixels, attention_mask=mask, max_new_tokens=20, min_new_tokens=20, **{CACHE: cache})
     layer = cache.layers[0]
     n = ids.shape[1] + 19  # the last token is generated, not fed back
     assert layer.length == n and layer.capacity() == -(-n // 16) * 16

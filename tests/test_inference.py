@@ -127,7 +127,7 @@ def test_cpu_generation_paths_give_transformers_tokens(got, monkeypatch, batch):
     and in a left-padded batch, with the cache growing over several chunk boundaries, it gives the tokens of
     transformers' own SDPA + DynamicCache."""
     import got.inference as inf
-    from got.decode import ChunkedKVCache, ChunkedKVLayer
+    from got.decode import CACHE, ChunkedKVCache, ChunkedKVLayer
 
     assert got.model.decoder.config._attn_implementation == "got_decode"
     prompts = got.prepare(noise(256, 256, 21)) + got.prepare(noise(768, 256, 22), crop=True)
@@ -137,7 +137,7 @@ def test_cpu_generation_paths_give_transformers_tokens(got, monkeypatch, batch):
     runs = {}
     for attn, cache in [("sdpa", None), ("got_decode", ChunkedKVCache)]:
         got.model.decoder.set_attn_implementation(attn)
-        kw = {"past_key_values": cache()} if cache else {}
+        kw = {CACHE: cache()} if cache else {}
         with torch.inference_mode():
             runs[attn] = got.model.generate(ids, pixels, attention_mask=mask, max_new_tokens=24, min_new_tokens=24,
                                             **kw).tolist()

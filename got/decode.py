@@ -1,7 +1,8 @@
 """The CPU decode path: what makes one-token generation steps cheap on a CPU, kept apart from the chat API.
 
-- `decode_attention`: decoder attention for one query row per sequence as two plain matmuls (registered with
-  transformers' AttentionInterface), where SDPA's fused kernel costs more than it saves; prompts still use SDPA.
+- `decode_attention`: decoder attention for one query row per sequence in one C++ pass (got/csrc, loaded by
+  got.kernels; two plain matmuls without it), registered with transformers' AttentionInterface, where SDPA's fused
+  kernel costs more than it saves; prompts still use SDPA.
 - `PackedLinear`: the decoder's large Linear layers compute bf16 inference products on oneDNN's pre-packed copy of
   the weight, which torch's CPU kernels read ~2x faster than the plain one, with equal results.
 - `ChunkedKVCache`: a KV cache that writes each step in place into buffers grown in chunks, instead of concatenating
@@ -29,9 +30,11 @@ CACHE = "cache" if "cache" in inspect.signature(Qwen2ForCausalLM.forward).parame
 # ---- decoder attention for CPU generation --------------------------------------------------------------------
 def decode_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling: float | None = None,
                      **kwargs):
-    """transformers' SDPA for the prompt; for one new token per row (decoding) two plain matmuls instead.
+    """transformers' SDPA for the prompt; for one new token per row (decoding) the project's one-pass CPU kernel
+    (got.kernels: keys and values read once per head group, fp32 softmax), or two plain matmuls where it cannot run.
 
-    On CPU the fused kernel's per-call set-up dominates at one query (figures: docs/benchmarks.md).
+    On CPU SDPA's fused kernel, and the ~10 torch ops of the matmul form, cost more in set-up than the reading of the
+    cache at one query (figures: docs/benchmarks.md).
     Registered with transformers' AttentionInterface, so the decoder itself stays transformers' Qwen2 / OPT.
     """
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
@@ -42,10 +45,15 @@ def decode_attention(module, query, key, value, attention_mask, dropout: float =
     B, H, _, D = query.shape
     q = query.reshape(B, key.shape[1], -1, D)  # grouped-query heads share their key/value head, no repeat_kv copy
     mask = None if attention_mask is None else attention_mask[..., : key.shape[2]]
-    # compiled: an opaque op, since inductor's own code for these small bf16 products is several times slower
-    attend = decode_attend_op if torch.compiler.is_compiling() else _attend
-    out = attend(q, key, value, mask, D ** -0.5 if scaling is None else scaling)
+    scale = D ** -0.5 if scaling is None else scaling
+    if _cpu_kernel and query.device.type == "cpu" and D % 16 == 0 and query.dtype in (torch.bfloat16, torch.float32):
+        out = torch.ops.got_cpu.decode_attend(q, key, value, mask, scale)  # got/csrc/decode_attend.cpp
+    else:  # compiled: an opaque op, since inductor's own code for these small bf16 products is several times slower
+        out = (decode_attend_op if torch.compiler.is_compiling() else _attend)(q, key, value, mask, scale)
     return out.reshape(B, H, 1, D).transpose(1, 2), None
+
+
+_cpu_kernel = False  # got_cpu::decode_attend is loaded (use_decode_attention loads it)
 
 
 def _attend(q: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None,
@@ -82,6 +90,11 @@ def use_decode_attention(decoder) -> None:
             kwargs["allow_is_causal_skip"] = False
         return sdpa_mask(*args, q_length=q_length, **kwargs)
 
+    global _cpu_kernel
+    if decoder.device.type == "cpu":
+        from got.kernels import cpu_kernels
+
+        _cpu_kernel = cpu_kernels()
     AttentionInterface.register("got_decode", decode_attention)
     ALL_MASK_ATTENTION_FUNCTIONS.register("got_decode", mask)
     decoder.set_attn_implementation("got_decode")

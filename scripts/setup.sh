@@ -36,4 +36,7 @@ from deepspeed.accelerator import get_accelerator
 b = get_accelerator().create_op_builder('ShareMemCommBuilder')
 b is None or b.load(verbose=False)" >/dev/null 2>&1 || echo "[setup] DeepSpeed's CPU comm op did not build: the first got train builds it" >&2
 
+# The project's own CPU decode kernels (got/csrc) build the same way on first use (about 25 s): here, once.
+$PY -c "from got.kernels import cpu_kernels; cpu_kernels()" >/dev/null 2>&1 || echo "[setup] got's CPU kernels did not build: decoding uses torch ops" >&2
+
 echo "[setup] ok: $($PY -c 'import torch, transformers, deepspeed; print("torch", torch.__version__, "transformers", transformers.__version__, "deepspeed", deepspeed.__version__)' 2>/dev/null | tail -1)"

@@ -244,3 +244,52 @@ def test_page_out_loses_nothing(tmp_path):
             page_out(t)
             page_out(t[1:])  # unaligned views: only whole pages inside are touched
         assert all(torch.equal(tensors[k], want[k]) for k in want)
+
+
+def _attention_in_fp64(q, key, value, mask, scale):
+    scores = torch.matmul(q.double(), key.double().transpose(2, 3)) * scale
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask.double()
+    return torch.matmul(torch.softmax(scores, -1).nan_to_num(0.0), value.double())
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_the_cpu_attention_kernel_is_attention(dtype):
+    """got_cpu::decode_attend against attention in fp64: grouped-query heads, a batch with its own masks (bool and
+    additive), keys and values as views of a larger cache buffer, a row that may attend to nothing (zeros); its
+    error is the final rounding's, at most that of the torch-ops form it replaces."""
+    from got.decode import _attend
+    from got.kernels import cpu_kernels
+
+    if not cpu_kernels():
+        pytest.skip("no CPU kernels on this machine (no compiler or no AVX-512): decoding uses torch ops")
+    g = torch.Generator().manual_seed(0)
+    for B, kv_heads, group, length, D in [(1, 16, 1, 300, 64), (4, 2, 2, 77, 64), (2, 2, 3, 5, 32), (3, 1, 4, 17, 16)]:
+        key = torch.randn(B, kv_heads, length + 40, D, generator=g).to(dtype)[:, :, :length]  # a cache buffer's rows
+        value = torch.randn(B, kv_heads, length + 40, D, generator=g).to(dtype)[:, :, :length]
+        q = torch.randn(B, kv_heads, group, D, generator=g).to(dtype)
+        keep = torch.ones(B, 1, 1, length + 3, dtype=torch.bool)
+        keep[0, ..., length // 2:] = False
+        keep[-1, ..., :] = B < 3  # the last row of a batch of 3 attends to nothing
+        for mask in [None, keep[..., :length], torch.where(keep, 0.0, float("-inf")).to(dtype)[..., :length]]:
+            out = torch.ops.got_cpu.decode_attend(q, key, value, mask, D ** -0.5)
+            exact = _attention_in_fp64(q, key, value, mask, D ** -0.5)
+            ops = _attend(q, key, value, mask, D ** -0.5).double().nan_to_num(0.0)
+            assert out.dtype == dtype and out.shape == q.shape
+            err, ops_err = (out.double() - exact).abs().max().item(), (ops - exact).abs().max().item()
+            assert err <= max(ops_err, 1e-6), (B, kv_heads, group, length, D, err, ops_err)
+
+
+def test_decoding_without_the_cpu_kernel_gives_the_same_tokens(model, monkeypatch):
+    """Where the kernel cannot be built the torch-ops form decodes; in fp32 both are exact to the last bits and the
+    greedy tokens agree (batch 4). (In bf16 they may part on random weights: the torch-ops form rounds scores and
+    probabilities to bf16, the kernel keeps them in fp32, as SDPA does.)"""
+    import copy
+
+    import got.decode
+
+    fp32 = copy.deepcopy(model).float()
+    ids, mask, pixels = prompts(fp32, 4)
+    with_kernel = generate(fp32, ids, mask, pixels.float())
+    monkeypatch.setattr(got.decode, "_cpu_kernel", False)
+    assert generate(fp32, ids, mask, pixels.float()) == with_kernel

@@ -28,7 +28,7 @@ def test_wheel_carries_configs_and_tokenizer(wheel):
     want |= {"got/configs/stage1.yaml", "got/configs/stage2.yaml", "got/configs/stage3.yaml",
              "got/configs/finetune.yaml", "got/configs/deepspeed/zero2.json", "got/assets/got_bpe.tiktoken",
              "stages/stage2_joint.py", "data_engines/plain.py", "got/assets/default/model.safetensors",
-             "got/assets/default/config.json", "got/configs/model/default.yaml"}
+             "got/assets/default/config.json", "got/configs/model/default.yaml", "got/csrc/decode_attend.cpp"}
     assert want <= names, sorted(want - names)
 
 

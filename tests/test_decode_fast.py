@@ -70,6 +70,24 @@ def test_compiled_step_gives_the_eager_tokens(model, monkeypatch, backend):
     assert 0 < frames <= 12, frames  # a few per capacity / batch shape, never one per token
 
 
+def test_the_compiled_step_reads_weights_changed_in_place(model):
+    """The compiled step skips guards on the decoder's modules (compile_config), so this is what still holds: a
+    weight changed in place after the compile is read by the next compiled step, as eager reads it."""
+    import copy
+
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    m = copy.deepcopy(model)
+    m.decoder.__dict__.pop("_compiled_call", None)  # a copy would otherwise call the original's compiled step
+    ids, mask, pixels = prompts(m, 2)
+    before = generate(m, ids, mask, pixels, compile_config=compile_config("aot_eager"))
+    with torch.no_grad():
+        m.decoder.model.layers[0].mlp.down_proj.weight.mul_(-3)
+    after = generate(m, ids, mask, pixels, compile_config=compile_config("aot_eager"))
+    assert after != before and after == generate(m, ids, mask, pixels)
+
+
 def test_cache_grows_between_steps_only(model, monkeypatch):
     """Buffers grow in CHUNK steps before a one-token step (mask and buffer the same length), never inside it."""
     monkeypatch.setattr(ChunkedKVLayer, "CHUNK", 16)

@@ -158,10 +158,10 @@ def test_recipe_smoke_profile_runs_every_stage(tmp_path):
     p = subprocess.run(["bash", "scripts/train_default.sh"], cwd=REPO, capture_output=True, text=True, timeout=900,
                        env=env(PROFILE="smoke", OUT=str(tmp_path)))
     assert p.returncode == 0, p.stderr[-4000:]
-    for stage in (1, 2, 3):
-        summary = json.loads((tmp_path / f"default_stage{stage}" / "summary.json").read_text())
+    for stage, run in [(1, "default_stage1"), (2, "default_stage2"), (3, "default_stage3"), (3, "default_continue")]:
+        summary = json.loads((tmp_path / run / "summary.json").read_text())
         assert summary["stage"] == str(stage) and summary["steps"] == 2
-    assert GOT.from_pretrained(tmp_path / "default_stage3", dtype="float32").line_model
+    assert GOT.from_pretrained(tmp_path / "default_continue", dtype="float32").line_model
     rng, rows = random.Random(SEED), []  # stage 1's learning curve on a few held-out lines (scripts/ctc_curve.py)
     for i in range(4):
         image, text = render_line(rng, "en")

@@ -60,7 +60,8 @@ struct Args {
   float scale;
 };
 
-// Scores of the G queries against rows [0, L) of one key/value head, into s (G x L); masked rows get -inf.
+// One (batch row, key/value head): its G queries attend over rows [0, L) into out (G x D); s (G x L) and acc (G x D)
+// are scratch. Scores of masked rows are -inf and add nothing; a query with every row masked answers zeros.
 template <typename T, typename M>
 __attribute__((target("avx512f,avx512bw")))
 void attend_one(const Args& a, const T* q, const T* k, const T* v, const M* mask, T* out, float* s, float* acc) {

@@ -30,7 +30,8 @@ def cpu_kernels() -> bool:
         lock = build / "lock"
         if lock.is_file() and time.time() - lock.stat().st_mtime > 600:
             lock.unlink(missing_ok=True)  # left by a build killed midway: every later load would wait on it forever
-        if not (build / f"{NAME}.so").is_file():
+        built = build / f"{NAME}.so"
+        if not built.is_file() or any(s.stat().st_mtime > built.stat().st_mtime for s in SOURCES):
             print(f"[got] building the CPU decode kernels once (~25 s) in {build}", file=sys.stderr, flush=True)
         module = load(NAME, [str(s) for s in SOURCES], extra_cflags=["-O3"], verbose=False)
     except Exception as e:  # no compiler, no headers, a failed build: the torch ops do the same work

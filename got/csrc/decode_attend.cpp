@@ -60,17 +60,17 @@ struct Args {
   float scale;
 };
 
-// One (batch row, key/value head): its G queries attend over rows [0, L) into out (G x D); s (G x L) and acc (G x D)
-// are scratch. Scores of masked rows are -inf and add nothing; a query with every row masked answers zeros.
+// One (batch row, key/value head): its G queries attend over rows [0, L) into out (G x D); w is the caller's scratch
+// of G * (L + 2 * D + 2) floats, reused across heads. Scores of masked rows are -inf and add nothing; a query with every row masked answers zeros.
 template <typename T, typename M>
 __attribute__((target("avx512f,avx512bw")))
-void attend_one(const Args& a, const T* q, const T* k, const T* v, const M* mask, T* out, float* s, float* acc) {
+void attend_one(const Args& a, const T* q, const T* k, const T* v, const M* mask, T* out, float* w) {
   const int64_t G = a.G, L = a.L, D = a.D;
-  std::vector<float> qf(G * D);
+  float *s = w, *acc = s + G * L, *qf = acc + G * D, *mx = qf + G * D, *den = mx + G;  // scores, sums, queries
   for (int64_t g = 0; g < G; ++g)
     for (int64_t d = 0; d < D; ++d) qf[g * D + d] = load1(q + g * a.qs[2] + d) * a.scale;
   const float ninf = -std::numeric_limits<float>::infinity();
-  std::vector<float> mx(G, ninf);
+  for (int64_t g = 0; g < G; ++g) mx[g] = ninf, den[g] = 0.f;
   for (int64_t l = 0; l < L; ++l) {
     float add = 0.f;
     if constexpr (std::is_same_v<M, bool>) {
@@ -87,7 +87,6 @@ void attend_one(const Args& a, const T* q, const T* k, const T* v, const M* mask
       mx[g] = std::max(mx[g], x);
     }
   }
-  std::vector<float> den(G, 0.f);
   for (int64_t g = 0; g < G; ++g) {  // softmax numerators in place; den = their sum
     if (mx[g] == ninf) continue;  // nothing to attend to
     float* sg = s + g * L;
@@ -127,11 +126,11 @@ void attend_one(const Args& a, const T* q, const T* k, const T* v, const M* mask
 template <typename T, typename M>
 void attend(const Args& a, const T* q, const T* k, const T* v, const M* mask, T* out, const int64_t* os) {
   at::parallel_for(0, a.B * a.KVH, 1, [&](int64_t u0, int64_t u1) {
-    std::vector<float> s(a.G * a.L + 16), acc(a.G * a.D);
+    std::vector<float> scratch(a.G * (a.L + 2 * a.D + 2));
     for (int64_t u = u0; u < u1; ++u) {
       const int64_t b = u / a.KVH, h = u % a.KVH;
       attend_one<T, M>(a, q + b * a.qs[0] + h * a.qs[1], k + b * a.ks[0] + h * a.ks[1], v + b * a.vs[0] + h * a.vs[1],
-                       mask ? mask + b * a.ms : nullptr, out + b * os[0] + h * os[1], s.data(), acc.data());
+                       mask ? mask + b * a.ms : nullptr, out + b * os[0] + h * os[1], scratch.data());
     }
   });
 }
@@ -163,27 +162,18 @@ torch::Tensor decode_attend(const torch::Tensor& q, const torch::Tensor& key, co
     TORCH_CHECK(m.size(1) >= a.L && (m.size(0) == a.B || m.size(0) == 1), "got_cpu::decode_attend: mask (B, 1, 1, >= L)");
     a.ms = m.size(0) == 1 ? 0 : m.stride(0);
   }
-  const bool bf16 = q.scalar_type() == torch::kBFloat16;
-  TORCH_CHECK(bf16 || q.scalar_type() == torch::kFloat, "got_cpu::decode_attend: bf16 or fp32");
-  if (!mask.has_value()) {
-    if (bf16) attend<at::BFloat16, bool>(a, q.data_ptr<at::BFloat16>(), key.data_ptr<at::BFloat16>(),
-                                         value.data_ptr<at::BFloat16>(), nullptr, out.data_ptr<at::BFloat16>(), os);
-    else attend<float, bool>(a, q.data_ptr<float>(), key.data_ptr<float>(), value.data_ptr<float>(), nullptr,
-                             out.data_ptr<float>(), os);
-  } else if (m.scalar_type() == torch::kBool) {
-    if (bf16) attend<at::BFloat16, bool>(a, q.data_ptr<at::BFloat16>(), key.data_ptr<at::BFloat16>(),
-                                         value.data_ptr<at::BFloat16>(), m.data_ptr<bool>(),
-                                         out.data_ptr<at::BFloat16>(), os);
-    else attend<float, bool>(a, q.data_ptr<float>(), key.data_ptr<float>(), value.data_ptr<float>(),
-                             m.data_ptr<bool>(), out.data_ptr<float>(), os);
-  } else {
-    m = m.to(torch::kFloat);
-    if (bf16) attend<at::BFloat16, float>(a, q.data_ptr<at::BFloat16>(), key.data_ptr<at::BFloat16>(),
-                                          value.data_ptr<at::BFloat16>(), m.data_ptr<float>(),
-                                          out.data_ptr<at::BFloat16>(), os);
-    else attend<float, float>(a, q.data_ptr<float>(), key.data_ptr<float>(), value.data_ptr<float>(),
-                              m.data_ptr<float>(), out.data_ptr<float>(), os);
-  }
+  TORCH_CHECK(q.scalar_type() == torch::kBFloat16 || q.scalar_type() == torch::kFloat,
+              "got_cpu::decode_attend: bf16 or fp32");
+  if (mask.has_value() && m.scalar_type() != torch::kBool) m = m.to(torch::kFloat);  // additive
+  auto run = [&](auto zero) {  // one dtype: no mask, a bool mask or an additive one
+    using T = decltype(zero);
+    const T *qp = q.data_ptr<T>(), *kp = key.data_ptr<T>(), *vp = value.data_ptr<T>();
+    if (!mask.has_value()) attend<T, bool>(a, qp, kp, vp, nullptr, out.data_ptr<T>(), os);
+    else if (m.scalar_type() == torch::kBool) attend<T, bool>(a, qp, kp, vp, m.data_ptr<bool>(), out.data_ptr<T>(), os);
+    else attend<T, float>(a, qp, kp, vp, m.data_ptr<float>(), out.data_ptr<T>(), os);
+  };
+  if (q.scalar_type() == torch::kBFloat16) run(at::BFloat16(0.f));
+  else run(0.f);
   return out;
 }
 

@@ -19,6 +19,15 @@ NAME = "got_cpu_kernels"
 SOURCES = [Path(__file__).parent / "csrc" / "decode_attend.cpp"]
 
 
+def stale_build_lock(name: str) -> Path | None:
+    """The lock of torch's extension build `name` if a build killed midway left it (10+ minutes old): every later
+    load of that extension would wait on it forever."""
+    from torch.utils.cpp_extension import _get_build_directory
+
+    lock = Path(_get_build_directory(name, False)) / "lock"
+    return lock if lock.is_file() and time.time() - lock.stat().st_mtime > 600 else None
+
+
 @functools.cache
 def cpu_kernels() -> bool:
     """Load the CPU kernels, building them first if this machine has not (about 25 s, once: the build is cached
@@ -26,10 +35,9 @@ def cpu_kernels() -> bool:
     try:
         from torch.utils.cpp_extension import _get_build_directory, load
 
+        if lock := stale_build_lock(NAME):
+            lock.unlink(missing_ok=True)
         build = Path(_get_build_directory(NAME, False))
-        lock = build / "lock"
-        if lock.is_file() and time.time() - lock.stat().st_mtime > 600:
-            lock.unlink(missing_ok=True)  # left by a build killed midway: every later load would wait on it forever
         built = build / f"{NAME}.so"
         if not built.is_file() or any(s.stat().st_mtime > built.stat().st_mtime for s in SOURCES):
             print(f"[got] building the CPU decode kernels once (~25 s) in {build}", file=sys.stderr, flush=True)

@@ -38,6 +38,9 @@ def cpu_kernels() -> bool:
         if lock := stale_build_lock(NAME):
             lock.unlink(missing_ok=True)
         build = Path(_get_build_directory(NAME, False))
+        if (build / "lock").is_file():  # a build under way elsewhere, or one killed less than 10 minutes ago
+            print(f"[got] waiting for another process's build of the CPU decode kernels; if none is running, delete "
+                  f"{build / 'lock'}", file=sys.stderr, flush=True)
         built = build / f"{NAME}.so"
         if not built.is_file() or any(s.stat().st_mtime > built.stat().st_mtime for s in SOURCES):
             print(f"[got] building the CPU decode kernels once (~25 s) in {build}", file=sys.stderr, flush=True)

@@ -803,9 +803,11 @@ def _cpu_accelerator() -> None:
     if torch.cuda.is_available():
         return
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    from torch.utils.cpp_extension import _get_build_directory
+
     from got.kernels import stale_build_lock
 
-    if lock := stale_build_lock("deepspeed_shm_comm"):
+    if lock := stale_build_lock(Path(_get_build_directory("deepspeed_shm_comm", False))):
         raise FileExistsError(f"{lock}: a stale build lock left by a killed run (10+ minutes old); DeepSpeed would "
                            "wait on it forever: delete it (scripts/setup.sh does) and start again")
 

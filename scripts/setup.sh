@@ -28,9 +28,11 @@ fi
 # DeepSpeed's CPU accelerator JIT-builds its shared-memory comm op on the first `got train` (about 30 s). Build it here,
 # once and serially: parallel first runs (the test suite's two workers) otherwise queue on one file lock, and a run
 # killed mid-build leaves that lock held, so every later run waits on it forever. A lock older than 10 min is stale.
-export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$HOME/.cache/torch_extensions}
-mkdir -p "$TORCH_EXTENSIONS_DIR"
-find "$TORCH_EXTENSIONS_DIR" -maxdepth 2 -name lock -mmin +10 -print -delete | sed 's/^/[setup] removed a stale build lock: /'
+# TORCH_EXTENSIONS_DIR stays as the user has it: torch builds under its default root in a py3XX_cpu folder, and a
+# prebuild anywhere else would not be the build that later runs load.
+EXT_ROOT=${TORCH_EXTENSIONS_DIR:-$HOME/.cache/torch_extensions}
+mkdir -p "$EXT_ROOT"
+find "$EXT_ROOT" -maxdepth 3 -name lock -mmin +10 -print -delete | sed 's/^/[setup] removed a stale build lock: /'
 DS_ACCELERATOR=cpu $PY -c "
 from deepspeed.accelerator import get_accelerator
 b = get_accelerator().create_op_builder('ShareMemCommBuilder')

@@ -6,6 +6,8 @@
 #   PROFILE=gpu scripts/train_default.sh              the same recipe, 16x the batch (and so the samples)
 #   PROFILE=smoke OUT=/tmp/d scripts/train_default.sh  two steps of every step, nothing shipped (the tests run it)
 # OUT=dir puts the run dirs under dir (default runs/); SHIP=0 skips the export; extra KEY=VALUE args go to every step.
+# STAGE1=dir skips stage 1: stage 2 takes its vision tower from dir (a finished stage 1: a run dir or a model dir,
+# e.g. the committed checkpoints/default_stage1, a weights-only warm start that saves the CPU profile ~85 min).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PROFILE=${PROFILE:-cpu}
@@ -23,12 +25,16 @@ train() {  # STAGE CONFIG RUN_NAME, then overrides
     output.dir="$OUT/$run" "$@" "${P[@]}" "${EXTRA[@]}"
 }
 EXTRA=("$@")
-train 1 stage1 default_stage1
-train 2 stage2 default_stage2 model.encoder_from="$OUT/default_stage1"
+if [ -n "${STAGE1:-}" ]; then
+  echo "train_default.sh: stage 1 skipped, its vision tower from $STAGE1" >&2
+else
+  train 1 stage1 default_stage1
+fi
+train 2 stage2 default_stage2 model.encoder_from="${STAGE1:-$OUT/default_stage1}"
 train 3 stage3 default_stage3 model.init_from="$OUT/default_stage2"
 # continued training, as the shipped model's rounds: the tower, CTC head, projector and decoder on the line mix,
 # a fresh optimizer at the rate of the rounds that started from a model of this accuracy
-train 3 continue default_continue model.init_from="$OUT/default_stage3" train.lr=5.0e-4 train.max_steps=1600 train.seed=8181
+train 3 continue default_continue model.init_from="$OUT/default_stage3" train.lr=5.0e-4 train.max_steps=2400 train.seed=8181
 if [ "$SHIP" = 1 ]; then
   python3 -m got.cli convert --from "$OUT/default_continue" --to got/assets/default --dtype bfloat16
   python3 scripts/choose_line_reader.py got/assets/default  # decoder or CTC head: whichever reads better

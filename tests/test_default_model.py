@@ -162,6 +162,13 @@ def test_recipe_smoke_profile_runs_every_stage(tmp_path):
         summary = json.loads((tmp_path / run / "summary.json").read_text())
         assert summary["stage"] == str(stage) and summary["steps"] == 2
     assert GOT.from_pretrained(tmp_path / "default_continue", dtype="float32").line_model
+    # STAGE1=dir: a weights-only warm start from a finished stage 1 (a committed checkpoint): stage 1 does not run
+    p = subprocess.run(["bash", "scripts/train_default.sh"], cwd=REPO, capture_output=True, text=True, timeout=900,
+                       env=env(PROFILE="smoke", OUT=str(tmp_path / "warm"), STAGE1=str(tmp_path / "default_stage1")))
+    assert p.returncode == 0, p.stderr[-4000:]
+    assert "stage 1 skipped" in p.stderr and not (tmp_path / "warm" / "default_stage1").exists()
+    assert str(tmp_path / "default_stage1") in (tmp_path / "warm" / "default_stage2" / "train.log").read_text()
+    assert json.loads((tmp_path / "warm" / "default_continue" / "summary.json").read_text())["steps"] == 2
     rng, rows = random.Random(SEED), []  # stage 1's learning curve on a few held-out lines (scripts/ctc_curve.py)
     for i in range(4):
         image, text = render_line(rng, "en")

@@ -2,7 +2,7 @@
 # The default model's recipe in one command: stage 1 -> 2 -> 3, then one round of continued training with everything
 # trainable (configs/default/continue.yaml from stage 3's weights; each step resumable: rerun to continue), then the
 # bf16 export that ships in the package (got/assets/default). What it is and how it was measured: docs/default_model.md.
-#   scripts/train_default.sh                          CPU profile (2 cores, about 2 to 3 hours)
+#   scripts/train_default.sh                          CPU profile (2 cores, about 2.5 to 3 hours)
 #   PROFILE=gpu scripts/train_default.sh              the same recipe, 16x the batch (and so the samples)
 #   PROFILE=smoke OUT=/tmp/d scripts/train_default.sh  two steps of every step, nothing shipped (the tests run it)
 # OUT=dir puts the run dirs under dir (default runs/); SHIP=0 skips the export; extra KEY=VALUE args go to every step.

@@ -20,7 +20,10 @@ PY=${PYTHON:-python3}
 if ! $PY -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('2.13.0') else 1)" 2>/dev/null; then
   $PY -m pip install -q torch==2.13.0
 fi
-if ! $PY -c "import got, deepspeed, transformers, rapidocr_onnxruntime, pytest_timeout, peft" 2>/dev/null \
+# checked from /, and got must be this checkout's: the checkout's own got/ folder in the working directory does not pass
+# for an installed package, nor does an editable install of another clone
+if ! (cd / && $PY -c "import os, sys, got, deepspeed, transformers, rapidocr_onnxruntime, pytest_timeout, peft
+sys.exit(os.path.dirname(os.path.dirname(os.path.realpath(got.__file__))) != os.path.realpath(sys.argv[1]))" "$PWD") 2>/dev/null \
    || [ pyproject.toml -nt .setup-stamp ]; then
   $PY -m pip install -q -c constraints.txt -e ".[dev,peers,lora]"
   touch .setup-stamp
